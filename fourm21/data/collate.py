@@ -1,0 +1,45 @@
+"""Batch Samples into padded tensors plus per-sample task masks (``has_<target>``)."""
+
+from __future__ import annotations
+
+import torch
+
+from fourm21.data.sample import IGNORE_INDEX, Sample
+
+
+def collate_samples(samples: list[Sample]) -> dict:
+    """Stack Samples; variable-length instance targets are padded to the batch's largest count.
+
+    Returns image (B, 3, H, W); label (B,) with -1 where absent; gt_boxes (B, M, 4);
+    gt_labels (B, M) with -1 for padding; gt_masks (B, M, H, W) bool; semantic (B, H, W) with
+    IGNORE_INDEX where absent; has_label / has_boxes / has_masks / has_semantic (B,) bool; meta list.
+    """
+    images = torch.stack([s["image"] for s in samples])
+    b, _, h, w = images.shape
+    m = max([len(s["boxes"]) for s in samples if "boxes" in s] + [1])
+    gt_boxes = torch.zeros(b, m, 4)
+    gt_labels = torch.full((b, m), -1, dtype=torch.long)
+    gt_masks = torch.zeros(b, m, h, w, dtype=torch.bool)
+    semantic = torch.full((b, h, w), IGNORE_INDEX, dtype=torch.long)
+    for i, s in enumerate(samples):
+        if "boxes" in s:
+            n = len(s["boxes"])
+            gt_boxes[i, :n] = s["boxes"]
+            gt_labels[i, :n] = s["box_labels"]
+            if "masks" in s and n:
+                gt_masks[i, :n] = s["masks"]
+        if "semantic" in s:
+            semantic[i] = s["semantic"]
+    return {
+        "image": images,
+        "label": torch.tensor([s.get("label", -1) for s in samples], dtype=torch.long),
+        "gt_boxes": gt_boxes,
+        "gt_labels": gt_labels,
+        "gt_masks": gt_masks,
+        "semantic": semantic,
+        "has_label": torch.tensor(["label" in s for s in samples]),
+        "has_boxes": torch.tensor(["boxes" in s for s in samples]),
+        "has_masks": torch.tensor(["masks" in s for s in samples]),
+        "has_semantic": torch.tensor(["semantic" in s for s in samples]),
+        "meta": [s["meta"] for s in samples],
+    }

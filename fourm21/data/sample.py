@@ -1,0 +1,30 @@
+"""The Sample contract: one dict per image, carrying only the targets its dataset has.
+
+Keys (all optional except ``image`` and ``meta``):
+    image     (3, H, W) float32, normalised
+    label     int, image-level class for the softmax head
+    boxes     (N, 4) float32, xyxy in pixels of ``image``
+    box_labels (N,) int64, contiguous detection class ids (0-based)
+    masks     (N, H, W) bool, instance masks aligned with ``boxes``
+    semantic  (H, W) int64, 0 = background, k = detection class k-1, 255 = ignore
+    meta      dict: image_id, source, orig_size (h, w), scale, pad (left, top)
+
+A task is trained on a sample only when the sample carries that task's target; the
+batch records this as ``has_<target>`` flags (the task masks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IGNORE_INDEX = 255
+
+# Which targets each task needs; used to build task masks and to check configs.
+TASK_TARGETS: dict[str, tuple[str, ...]] = {
+    "cls": ("label",),
+    "det": ("boxes", "box_labels"),
+    "inst": ("boxes", "box_labels", "masks"),
+    "sem": ("semantic",),
+}
+
+Sample = dict[str, Any]

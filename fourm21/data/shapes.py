@@ -1,0 +1,160 @@
+"""The embedded "shapes" data set: generated procedurally, stored in COCO format.
+
+Each image has a scene class (its background texture, for the softmax head) and 1-4
+objects (circle, square, triangle) with random colour, size and rotation that may occlude
+each other. Instance masks are the *visible* parts (RLE), boxes are their tight boxes, and a
+semantic PNG holds the per-pixel class. Because it is plain COCO, the default run uses the
+same pycocotools reading path as real COCO.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+SCENES = ("plain", "gradient", "stripes", "checker")
+CATEGORIES = ("circle", "square", "triangle")
+SPLIT_SEEDS = {"train": 0, "val": 1}
+FORMAT_VERSION = 1
+
+
+def _background(rng: np.random.Generator, scene: int, size: int) -> np.ndarray:
+    """(size, size, 3) uint8 texture whose kind is the scene class."""
+    c1 = rng.integers(0, 110, 3).astype(np.float32)
+    c2 = rng.integers(0, 110, 3).astype(np.float32)
+    while np.abs(c1 - c2).sum() < 90:  # keep the two tones apart so the texture is visible
+        c2 = rng.integers(0, 110, 3).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    if scene == 0:
+        t = np.zeros_like(xx)
+    elif scene == 1:
+        angle = rng.uniform(0, 2 * math.pi)
+        proj = xx * math.cos(angle) + yy * math.sin(angle)
+        t = (proj - proj.min()) / max(proj.max() - proj.min(), 1e-6)
+    elif scene == 2:
+        period = rng.integers(6, 11)
+        coord = xx if rng.random() < 0.5 else yy
+        t = ((coord // (period / 2)) % 2).astype(np.float32)
+    else:
+        cell = rng.integers(5, 10)
+        t = (((xx // cell) + (yy // cell)) % 2).astype(np.float32)
+    img = c1[None, None] * (1 - t[..., None]) + c2[None, None] * t[..., None]
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _shape_mask(rng: np.random.Generator, category: int, size: int, min_obj: int, max_obj: int) -> np.ndarray:
+    """(size, size) bool mask of one randomly placed, sized and rotated shape."""
+    side = rng.uniform(min_obj, max_obj)
+    cx, cy = rng.uniform(side / 2, size - side / 2, 2)
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    if category == 0:
+        r = side / 2
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+    else:
+        n = 4 if category == 1 else 3
+        r = side / 2 if n == 4 else side / 1.7
+        rot = rng.uniform(0, 2 * math.pi)
+        if n == 4:
+            r *= math.sqrt(2)
+        pts = [(cx + r * math.cos(rot + 2 * math.pi * k / n), cy + r * math.sin(rot + 2 * math.pi * k / n))
+               for k in range(n)]
+        draw.polygon(pts, fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def render_image(rng: np.random.Generator, size: int, max_objects: int, min_obj: int, max_obj: int):
+    """Render one image; returns (rgb, scene, [(category, visible_mask)], semantic)."""
+    scene = int(rng.integers(len(SCENES)))
+    img = _background(rng, scene, size)
+    n_obj = int(rng.integers(1, max_objects + 1))
+    drawn: list[tuple[int, np.ndarray]] = []
+    for _ in range(n_obj):
+        cat = int(rng.integers(len(CATEGORIES)))
+        mask = _shape_mask(rng, cat, size, min_obj, max_obj)
+        colour = rng.integers(140, 256, 3)
+        colour[rng.integers(3)] = rng.integers(0, 256)  # vary hue, keep it brighter than the background
+        img[mask] = colour
+        drawn.append((cat, mask))
+    objects = []
+    occupied = np.zeros((size, size), dtype=bool)
+    for cat, mask in reversed(drawn):  # later shapes are on top: what they cover is not visible
+        visible = mask & ~occupied
+        occupied |= mask
+        if visible.sum() >= max(12, 0.3 * mask.sum()):
+            objects.append((cat, visible))
+    objects.reverse()
+    semantic = np.zeros((size, size), dtype=np.uint8)
+    for cat, visible in objects:
+        semantic[visible] = cat + 1
+    # Pixels of dropped (mostly hidden) objects are ambiguous: neither object nor background.
+    semantic[occupied & (semantic == 0)] = 255
+    return img, scene, objects, semantic
+
+
+def _encode(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def generate_split(root: Path, split: str, num_images: int, size: int, seed: int,
+                   max_objects: int = 4, min_obj: int = 12, max_obj: int = 28) -> Path:
+    """Write ``num_images`` images of one split under ``root`` and return the annotation file."""
+    rng = np.random.default_rng(seed)
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "semantic" / split).mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(num_images):
+        img, scene, objects, semantic = render_image(rng, size, max_objects, min_obj, max_obj)
+        name = f"{split}_{i:06d}.png"
+        Image.fromarray(img).save(root / "images" / split / name)
+        Image.fromarray(semantic).save(root / "semantic" / split / name)
+        images.append({"id": i + 1, "file_name": f"{split}/{name}", "width": size, "height": size, "label": scene})
+        for cat, visible in objects:
+            ys, xs = np.nonzero(visible)
+            x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": i + 1, "category_id": cat + 1,
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "area": float(visible.sum()), "segmentation": _encode(visible), "iscrowd": 0,
+            })
+    coco = {
+        "info": {"description": "fourm21 shapes", "version": FORMAT_VERSION, "seed": seed, "size": size},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(CATEGORIES)],
+        "image_categories": [{"id": k, "name": n} for k, n in enumerate(SCENES)],
+    }
+    ann_file = root / "annotations" / f"instances_{split}.json"
+    tmp = ann_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(coco))
+    tmp.replace(ann_file)  # the JSON appears last and atomically: its presence means the split is complete
+    return ann_file
+
+
+def ensure_shapes(root: str | Path, num_train: int = 2000, num_val: int = 300, size: int = 64,
+                  seed: int = 0, max_objects: int = 4, min_obj: int = 12, max_obj: int = 28) -> Path:
+    """Generate the data set into ``root`` unless an identical one is already there."""
+    root = Path(root)
+    spec = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed, "max_objects": max_objects,
+            "min_obj": min_obj, "max_obj": max_obj, "version": FORMAT_VERSION}
+    spec_file = root / "spec.json"
+    done = spec_file.exists() and json.loads(spec_file.read_text()) == spec and all(
+        (root / "annotations" / f"instances_{s}.json").exists() for s in SPLIT_SEEDS)
+    if done:
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    counts = {"train": num_train, "val": num_val}
+    for split, offset in SPLIT_SEEDS.items():
+        # Train and val come from different seeds, so no val image is a copy of a train image.
+        generate_split(root, split, counts[split], size, seed * 1000 + offset, max_objects, min_obj, max_obj)
+    spec_file.write_text(json.dumps(spec))
+    return root

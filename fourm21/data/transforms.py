@@ -1,0 +1,96 @@
+"""Albumentations pipelines, one definition per data kind, applied to image, boxes and masks alike.
+
+Detection-kind pipelines letterbox the image (longest side to ``img_size``, padded at the
+bottom/right), so predictions map back to the original image by a single ``scale``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torchvision.ops import masks_to_boxes
+
+from fourm21.data.sample import IGNORE_INDEX
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_dense_transform(img_size: int, train: bool, hflip: float = 0.5, scale: Sequence[float] = (0.9, 1.1),
+                          translate: float = 0.05, rotate: float = 0.0, affine_p: float = 0.5,
+                          color_jitter: float = 0.2, mean: Sequence[float] = IMAGENET_MEAN,
+                          std: Sequence[float] = IMAGENET_STD) -> A.Compose:
+    """Pipeline for images with boxes, instance masks and a semantic mask (COCO-style data).
+
+    Semantic padding is IGNORE_INDEX so metrics and losses skip the letterbox border.
+    """
+    ops: list[A.BasicTransform] = [
+        A.LongestMaxSize(max_size=img_size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST),
+        A.PadIfNeeded(min_height=img_size, min_width=img_size, position="top_left",
+                      border_mode=cv2.BORDER_CONSTANT, fill=114, fill_mask=0),
+    ]
+    if train:
+        if hflip > 0:
+            ops.append(A.HorizontalFlip(p=hflip))
+        if affine_p > 0:
+            ops.append(A.Affine(scale=tuple(scale), translate_percent=(-translate, translate), rotate=(-rotate, rotate),
+                                border_mode=cv2.BORDER_CONSTANT, fill=114, fill_mask=0, p=affine_p))
+        if color_jitter > 0:
+            ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                                     hue=min(0.5, color_jitter / 4), p=0.8))
+    ops.append(A.Normalize(mean=tuple(mean), std=tuple(std)))
+    return A.Compose(
+        ops,
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["box_idx"], min_visibility=0.2, clip=True),
+        additional_targets={"semantic": "mask", "valid": "mask"},
+    )
+
+
+def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None,
+                          semantic: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Run ``transform`` and keep boxes and masks aligned.
+
+    Boxes come back as the tight boxes of the transformed masks (when masks exist), so a
+    rotation does not inflate them; instances pushed out of the image are dropped.
+    Returns image (H, W, 3) float32, boxes (N, 4), keep (N,) indices into the input, masks
+    (N, H, W) bool or None, semantic (H, W) int64 or None.
+    """
+    h, w = image.shape[:2]
+    kwargs: dict = {"image": image, "bboxes": boxes.reshape(-1, 4), "box_idx": np.arange(len(boxes))}
+    if masks is not None and len(masks):
+        kwargs["masks"] = list(masks.astype(np.uint8))
+    # "valid" marks real pixels, so letterbox and affine borders become IGNORE_INDEX in the semantic target.
+    kwargs["valid"] = np.ones((h, w), dtype=np.uint8)
+    if semantic is not None:
+        kwargs["semantic"] = semantic
+    out = transform(**kwargs)
+    keep = np.asarray(out["box_idx"], dtype=np.int64)
+    res_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+    res_masks = None
+    if masks is not None:
+        size = out["image"].shape[:2]
+        all_masks = np.stack(out["masks"]).astype(bool) if len(masks) else np.zeros((0, *size), dtype=bool)
+        res_masks = all_masks[keep] if len(keep) else np.zeros((0, *size), dtype=bool)
+        tight, ok = masks_to_boxes_np(res_masks)
+        res_boxes = np.where(ok[:, None], tight, res_boxes) if len(keep) else res_boxes
+        good = ok & ((res_boxes[:, 2] - res_boxes[:, 0]) >= 1) & ((res_boxes[:, 3] - res_boxes[:, 1]) >= 1)
+        keep, res_boxes, res_masks = keep[good], res_boxes[good], res_masks[good]
+    res_sem = None
+    if semantic is not None:
+        res_sem = out["semantic"].astype(np.int64)
+        res_sem[out["valid"] == 0] = IGNORE_INDEX
+    return {"image": out["image"], "boxes": res_boxes, "keep": keep, "masks": res_masks, "semantic": res_sem}
+
+
+def masks_to_boxes_np(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) bool -> (N, 4) xyxy tight boxes (pixel edges) and (N,) flags for non-empty masks."""
+    t = torch.from_numpy(np.ascontiguousarray(masks))
+    ok = t.flatten(1).any(1) if len(t) else torch.zeros(0, dtype=torch.bool)
+    boxes = torch.zeros((len(t), 4))
+    if ok.any():
+        boxes[ok] = masks_to_boxes(t[ok]) + torch.tensor([0.0, 0.0, 1.0, 1.0])
+    return boxes.numpy(), ok.numpy()

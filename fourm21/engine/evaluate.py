@@ -1,0 +1,95 @@
+"""fourm21-eval: evaluate a checkpoint on a data set's val split; writes report.json, report.md and plots."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, setup_runtime
+from fourm21.engine.lightning_module import MultiTaskModule
+from fourm21.errors import CheckpointError
+from fourm21.metrics.plots import plot_confusion_matrix, plot_loss_curves, plot_prediction_grid
+from fourm21.metrics.report import write_report
+
+
+def load_module(ckpt_path: str | Path) -> MultiTaskModule:
+    """Rebuild the network from a checkpoint (its config is inside); clear errors for bad files."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return MultiTaskModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, KeyError, ValueError) as e:
+        raise CheckpointError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+
+
+def make_plots(module: MultiTaskModule, datamodule: Any, run_dir: Path) -> list[Path]:
+    """Loss curves (if a CSV log is there), confusion matrix and a grid of val predictions."""
+    out = []
+    curves = plot_loss_curves(run_dir / "logs" / "metrics.csv", run_dir / "loss_curves.png")
+    if curves:
+        out.append(curves)
+    val = datamodule.val_set
+    ev = module.evaluator
+    matrix = ev.confusion_matrix() if ev is not None else None
+    if matrix is not None:
+        names = getattr(val, "image_class_names", []) or [str(i) for i in range(len(matrix))]
+        out.append(plot_confusion_matrix(matrix, names, run_dir / "confusion_matrix.png"))
+    if module.last_val_preds is not None:
+        images, preds = module.last_val_preds
+        out.append(plot_prediction_grid(images, preds, getattr(val, "class_names", []),
+                                        getattr(val, "image_class_names", []), run_dir / "val_predictions.png"))
+    return out
+
+
+def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any, run_dir: Path,
+                    ckpt_path: str | None = None, extra: dict[str, Any] | None = None,
+                    plots: bool = True, title: str = "fourm21 evaluation") -> dict[str, float]:
+    """Run validation, write report.json / report.md (+ plots) into ``run_dir``; returns the report."""
+    t0 = time.time()
+    results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()
+               if k.startswith("val/") and k.count("/") >= 2 and not k.endswith("_step")}
+    metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items()}
+    metrics["time/eval_s"] = time.time() - t0
+    metrics.update(extra or {})
+    notes = {"checkpoint": ckpt_path or "in-memory model", "val images": len(datamodule.val_set)}
+    write_report(run_dir, metrics, title=title, notes=notes)
+    if plots:
+        make_plots(module, datamodule, run_dir)
+    return metrics
+
+
+def run_eval(cfg: DictConfig) -> dict[str, float]:
+    setup_runtime(cfg)
+    run_dir = run_dir_of(cfg)
+    module = load_module(cfg.ckpt_path)
+    datamodule = instantiate(cfg.data.datamodule)
+    datamodule.setup("validate")
+    module.build_evaluator(datamodule.val_set)
+    trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(run_dir), enable_checkpointing=False)
+    metrics = evaluate_module(trainer, module, datamodule, run_dir, extra=None, plots=cfg.plots)
+    print_summary(metrics, run_dir)
+    return metrics
+
+
+def print_summary(metrics: dict[str, float], run_dir: Path) -> None:
+    shown = {k: v for k, v in metrics.items() if k.startswith("val/") and not k.endswith("loss")}
+    print("\n".join(f"  {k:<24} {v:.4f}" for k, v in shown.items()))
+    print(f"report: {run_dir / 'report.json'}")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@friendly_errors
+def main(cfg: DictConfig) -> None:
+    run_eval(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""LightningModule: the multitask network, its weighted loss, AdamW + warm-up/cosine, and evaluation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fourm21.losses.multitask import MultiTaskLoss
+from fourm21.metrics.evaluator import MultiTaskEvaluator
+from fourm21.models.multitask import MultiTaskNet, build_model
+
+
+class MultiTaskModule(L.LightningModule):
+    """Trains every enabled head at once; logs ``stage/task/metric``.
+
+    The model, loss and optimiser configs are saved in the checkpoint, so ``load_from_checkpoint``
+    rebuilds the exact network without the original config files.
+    """
+
+    def __init__(self, model: dict, loss: dict, optim: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: MultiTaskNet = build_model(OmegaConf.create(model))
+        self.criterion = MultiTaskLoss(**loss)
+        self.optim_cfg = dict(optim)
+        self.evaluator: MultiTaskEvaluator | None = None
+        self.last_val_preds: tuple[torch.Tensor, list[dict]] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> MultiTaskModule:
+        to = lambda c: OmegaConf.to_container(c, resolve=True)  # noqa: E731
+        return cls(model=to(cfg.model), loss=to(cfg.loss), optim=to(cfg.optim))
+
+    def forward(self, images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        return self.model(images)
+
+    def _step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, dict]:
+        outputs = self.model(batch["image"])
+        total, logs = self.criterion(self.model.loss(outputs, batch))
+        bs = batch["image"].shape[0]
+        logs.pop("loss")
+        self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, batch_size=bs, on_step=stage == "train",
+                      on_epoch=True, prog_bar=False)
+        self.log(f"{stage}/loss", total.detach(), batch_size=bs, prog_bar=True, on_step=stage == "train",
+                 on_epoch=True)
+        return total, outputs
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        total, _ = self._step(batch, "train")
+        return total
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and getattr(dm, "val_set", None) is not None:
+            self.build_evaluator(dm.val_set)
+
+    def build_evaluator(self, dataset: Any) -> None:
+        heads = self.model.heads
+        self.evaluator = MultiTaskEvaluator(
+            list(heads), dataset,
+            num_image_classes=heads["cls"].num_classes if "cls" in heads else 0,
+            num_sem_classes=heads["sem"].num_classes if "sem" in heads else 0,
+            mask_thr=heads["inst"].mask_thr if "inst" in heads else 0.5)
+
+    def on_validation_epoch_start(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        _, outputs = self._step(batch, "val")
+        preds = self.model.postprocess(outputs, tuple(batch["image"].shape[-2:]))
+        if self.evaluator is not None:
+            self.evaluator.update(preds, batch)
+        if batch_idx == 0:
+            self.last_val_preds = (batch["image"][:8].cpu(), [{k: v.cpu() for k, v in p.items()} for p in preds[:8]])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.evaluator is None or self.trainer.sanity_checking:
+            return
+        metrics = self.evaluator.compute()
+        score = metrics.pop("score", None)
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=False)
+        if score is not None:
+            self.log("val/score", score, prog_bar=True)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def configure_optimizers(self) -> dict:
+        """AdamW without weight decay on norms, biases and loss weights; linear warm-up then cosine, per step."""
+        cfg = self.optim_cfg
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.startswith("criterion.") else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.get("weight_decay", 0.05)},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.999))))
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(int(cfg.get("warmup_steps", 0) or cfg.get("warmup_frac", 0.05) * total), total - 1)
+        min_ratio = cfg.get("min_lr_ratio", 0.01)
+
+        def lr_lambda(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / max(warmup, 1)
+            t = (step - warmup) / max(total - warmup, 1)
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

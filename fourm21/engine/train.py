@@ -1,0 +1,84 @@
+"""fourm21-train: fit the multitask network, then evaluate the best checkpoint and write the report.
+
+    fourm21-train                                     # the default: shapes, convnext_atto, CPU
+    fourm21-train model/backbone=vit_tiny trainer.max_epochs=3
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
+from fourm21.engine.evaluate import evaluate_module, print_summary
+from fourm21.engine.lightning_module import MultiTaskModule
+from fourm21.engine.validate_config import check_config
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
+    callbacks = []
+    for name, cb_cfg in (cfg.get("callbacks") or {}).items():
+        if cb_cfg is None or "_target_" not in cb_cfg:
+            continue
+        kwargs = {}
+        if "dirpath" in cb_cfg and cb_cfg.dirpath is None:
+            kwargs["dirpath"] = str(run_dir / "checkpoints")
+        callbacks.append(instantiate(cb_cfg, **kwargs))
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    loggers = []
+    for lg_cfg in (cfg.get("logger") or {}).values():
+        if lg_cfg is None or "_target_" not in lg_cfg:
+            continue
+        kwargs = {"save_dir": str(run_dir)} if "save_dir" in lg_cfg and lg_cfg.save_dir is None else {}
+        loggers.append(instantiate(lg_cfg, **kwargs))
+    return loggers
+
+
+def run_train(cfg: DictConfig) -> dict[str, float]:
+    """Train, evaluate, report. Returns the report's metrics."""
+    check_config(cfg)
+    setup_runtime(cfg)
+    run_dir = run_dir_of(cfg)
+    save_config(cfg, run_dir)
+    datamodule = instantiate(cfg.data.datamodule)
+    module = MultiTaskModule.from_config(cfg)
+    callbacks = build_callbacks(cfg, run_dir)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg, run_dir) or False,
+                          default_root_dir=str(run_dir))
+    t0 = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_s = time.time() - t0
+    extra = {"time/train_s": train_s}
+    train_loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
+    if train_loss is not None:
+        extra["train/loss"] = float(train_loss)
+    ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    if cfg.get("evaluate", True) and not cfg.trainer.get("fast_dev_run"):
+        metrics = evaluate_module(trainer, module, datamodule, run_dir, ckpt_path=best or None, extra=extra,
+                                  plots=cfg.get("plots", True), title="fourm21 training report")
+    else:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        metrics.update(extra)
+        from fourm21.metrics.report import write_report
+        write_report(run_dir, metrics, title="fourm21 training report (not evaluated)")
+    print_summary(metrics, run_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@friendly_errors
+def main(cfg: DictConfig) -> None:
+    run_train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Collects every head's predictions over a data set and computes the flat ``task/metric`` dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fourm21.metrics.classification import ClassificationMetrics
+from fourm21.metrics.coco import coco_evaluate, predictions_to_coco
+from fourm21.metrics.segmentation import SegmentationMetrics
+
+# The metric each task contributes to the single model-selection score ``score``.
+MAIN_METRICS = {"cls": "acc", "det": "map", "inst": "map", "sem": "miou"}
+
+
+class MultiTaskEvaluator:
+    """``update`` per batch with decoded predictions; ``compute`` returns e.g. ``{"cls/acc": ..., "det/map50": ...}``.
+
+    ``dataset`` is the evaluation data set: its ``coco`` ground truth (if any) is used by COCOeval,
+    its ``cat_ids`` map contiguous labels back to the data set's category ids.
+    """
+
+    def __init__(self, tasks: list[str], dataset: Any, num_image_classes: int = 0, num_sem_classes: int = 0,
+                 mask_thr: float = 0.5) -> None:
+        self.tasks = list(tasks)
+        self.coco_gt = getattr(dataset, "coco", None)
+        self.cat_ids = list(getattr(dataset, "cat_ids", []))
+        self.mask_thr = mask_thr
+        self.cls = ClassificationMetrics(num_image_classes) if "cls" in tasks and num_image_classes else None
+        self.sem = SegmentationMetrics(num_sem_classes) if "sem" in tasks and num_sem_classes else None
+        self.reset()
+
+    def reset(self) -> None:
+        self.results: list[dict] = []
+        self.image_ids: list[int] = []
+        if self.cls:
+            self.cls.reset()
+        if self.sem:
+            self.sem.reset()
+
+    def update(self, preds: list[dict[str, torch.Tensor]], batch: dict[str, Any]) -> None:
+        if self.cls is not None and "class_label" in preds[0]:
+            has = batch["has_label"].cpu()
+            pred = torch.stack([p["class_label"] for p in preds]).cpu()
+            self.cls.update(pred[has], batch["label"].cpu()[has])
+        if self.sem is not None and "semantic" in preds[0]:
+            has = batch["has_semantic"].cpu()
+            pred = torch.stack([p["semantic"] for p in preds]).cpu()
+            self.sem.update(pred[has], batch["semantic"].cpu()[has])
+        if self.coco_gt is not None and ("det" in self.tasks or "inst" in self.tasks):
+            has = batch["has_boxes"].cpu()
+            for p, meta, h in zip(preds, batch["meta"], has):
+                if h:
+                    self.image_ids.append(meta["image_id"])
+                    self.results.extend(predictions_to_coco(p, meta, self.cat_ids, self.mask_thr))
+
+    def compute(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.cls is not None:
+            out.update({f"cls/{k}": v for k, v in self.cls.compute().items()})
+        if self.sem is not None:
+            out.update({f"sem/{k}": v for k, v in self.sem.compute().items()})
+        if self.coco_gt is not None and self.image_ids:
+            if "det" in self.tasks:
+                out.update({f"det/{k}": v for k, v in coco_evaluate(self.coco_gt, self.results, self.image_ids,
+                                                                     "bbox").items()})
+            if "inst" in self.tasks:
+                out.update({f"inst/{k}": v for k, v in coco_evaluate(self.coco_gt, self.results, self.image_ids,
+                                                                      "segm").items()})
+        main = [out[f"{t}/{m}"] for t, m in MAIN_METRICS.items() if f"{t}/{m}" in out]
+        if main:
+            out["score"] = sum(main) / len(main)
+        return out
+
+    def confusion_matrix(self) -> torch.Tensor | None:
+        if self.cls is None or not self.cls.count:
+            return None
+        return self.cls.confusion.compute()

@@ -1,0 +1,128 @@
+"""Plots people would rather look at than read: loss curves, confusion matrix, predictions on images."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
+                    [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128],
+                    [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0], [170, 255, 195]]) / 255.0
+
+
+def plot_loss_curves(metrics_csv: str | Path, out_file: str | Path) -> Path | None:
+    """Train loss per step and every val metric per epoch, from Lightning's CSV log."""
+    metrics_csv = Path(metrics_csv)
+    if not metrics_csv.is_file():
+        return None
+    with metrics_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    def series(key: str, x_key: str = "step") -> tuple[list[float], list[float]]:
+        xs, ys = [], []
+        for r in rows:
+            if r.get(key) not in (None, "") and r.get(x_key) not in (None, ""):
+                xs.append(float(r[x_key]))
+                ys.append(float(r[key]))
+        return xs, ys
+    train_keys = sorted(k for k in rows[0] if k.startswith("train/") and k.endswith("loss") and k.count("/") <= 2)
+    val_keys = sorted(k for k in rows[0] if k.startswith("val/") and not k.endswith("loss") and "/" in k[4:])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for k in train_keys:
+        xs, ys = series(k)
+        if xs:
+            axes[0].plot(xs, ys, label=k[6:], lw=1.2 if k == "train/loss" else 0.8)
+    axes[0].set(xlabel="step", ylabel="loss", title="training losses", yscale="log")
+    axes[0].legend(fontsize=8)
+    for k in val_keys:
+        xs, ys = series(k, "epoch")
+        if xs:
+            axes[1].plot(xs, ys, marker="o", ms=3, label=k[4:])
+    axes[1].set(xlabel="epoch", ylabel="value", title="validation metrics", ylim=(0, 1))
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=110)
+    plt.close(fig)
+    return Path(out_file)
+
+
+def plot_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str], out_file: str | Path) -> Path:
+    """Row-normalised confusion matrix with counts in the cells."""
+    m = matrix.cpu().numpy().astype(float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (val)")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=110)
+    plt.close(fig)
+    return Path(out_file)
+
+
+def denormalize(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) normalised tensor -> (H, W, 3) float image in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    return (image.cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def draw_prediction(ax: plt.Axes, image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
+                    image_class_names: Sequence[str] = (), score_thr: float = 0.3) -> None:
+    """Image with coloured instance masks, boxes labelled with class and score, and the image class."""
+    shown = image.copy()
+    keep = (pred["scores"] >= score_thr).cpu() if "scores" in pred else torch.zeros(0, dtype=torch.bool)
+    if "masks" in pred:
+        for k, mask in enumerate(pred["masks"].cpu()[keep]):
+            colour = PALETTE[int(pred["labels"].cpu()[keep][k]) % len(PALETTE)]
+            shown[mask.numpy()] = 0.45 * shown[mask.numpy()] + 0.55 * colour
+    ax.imshow(shown)
+    if "boxes" in pred:
+        for box, label, score in zip(pred["boxes"].cpu()[keep], pred["labels"].cpu()[keep], pred["scores"].cpu()[keep]):
+            x0, y0, x1, y1 = box.tolist()
+            colour = PALETTE[int(label) % len(PALETTE)]
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=colour, lw=1.2))
+            name = class_names[int(label)] if int(label) < len(class_names) else str(int(label))
+            ax.text(x0, y0, f"{name} {float(score):.2f}", fontsize=6, color="white",
+                    bbox={"facecolor": colour, "alpha": 0.8, "pad": 0.5, "lw": 0})
+    if "class_label" in pred:
+        k = int(pred["class_label"])
+        name = image_class_names[k] if k < len(image_class_names) else str(k)
+        ax.set_title(f"{name} ({float(pred['class_probs'][k]):.2f})", fontsize=8)
+    ax.axis("off")
+
+
+def plot_prediction_grid(images: torch.Tensor, preds: list[dict[str, torch.Tensor]], class_names: Sequence[str],
+                         image_class_names: Sequence[str], out_file: str | Path, score_thr: float = 0.3) -> Path:
+    """Grid of predictions (boxes, masks, image class) on a batch of normalised images."""
+    n = len(preds)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (img, pred) in enumerate(zip(images, preds)):
+        draw_prediction(axes.flat[i], denormalize(img), pred, class_names, image_class_names, score_thr)
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=130)
+    plt.close(fig)
+    return Path(out_file)

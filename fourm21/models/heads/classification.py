@@ -1,0 +1,48 @@
+"""Softmax image classification from the pooled top backbone feature."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fourm21.losses.classification import softmax_ce_loss
+from fourm21.models.heads.base import Head
+
+
+class ClassificationHead(Head):
+    name = "cls"
+    source = "backbone"
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0, label_smoothing: float = 0.0,
+                 topk: int = 5) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.topk = topk
+        self.norm = nn.LayerNorm(in_channels)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Top feature (B, C, h, w) -> logits (B, K)."""
+        pooled = feats[-1].mean(dim=(2, 3))
+        return {"logits": self.fc(self.drop(self.norm(pooled)))}
+
+    def loss(self, outputs: dict, batch: dict[str, Any], cache: dict) -> dict[str, torch.Tensor]:
+        has = batch["has_label"]
+        if not has.any():
+            return {}
+        logits = outputs[self.name]["logits"][has]
+        return {"ce": softmax_ce_loss(logits, batch["label"][has], self.label_smoothing)}
+
+    def postprocess(self, outputs: dict, preds: list[dict], image_size: tuple[int, int]) -> None:
+        probs = outputs[self.name]["logits"].float().softmax(-1)
+        k = min(self.topk, self.num_classes)
+        top_p, top_i = probs.topk(k, dim=-1)
+        for i, p in enumerate(preds):
+            p["class_probs"] = probs[i]
+            p["class_label"] = top_i[i, 0]
+            p["class_topk"] = top_i[i]
+            p["class_topk_probs"] = top_p[i]

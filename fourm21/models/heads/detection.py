@@ -1,0 +1,103 @@
+"""Anchor-free (FCOS-style) detection head: per-location class scores, box distances, centerness."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.ops import batched_nms
+
+from fourm21.losses.detection import decode_ltrb, fcos_assign, fcos_loss, level_ranges
+from fourm21.models.heads.base import Head
+from fourm21.models.neck import conv_norm_act
+
+
+def make_points(shapes: list[tuple[int, int]], strides: list[int], device: torch.device,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Location centres (L, 2) in pixels and their strides (L,), levels concatenated finest first."""
+    pts, strd = [], []
+    for (h, w), s in zip(shapes, strides):
+        ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype), torch.arange(w, device=device, dtype=dtype),
+                                indexing="ij")
+        pts.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).add(0.5).mul(s))
+        strd.append(torch.full((h * w,), float(s), device=device, dtype=dtype))
+    return torch.cat(pts), torch.cat(strd)
+
+
+class DetectionHead(Head):
+    """Shared towers over the levels at ``strides``; decoded with ``torchvision.ops.batched_nms``."""
+
+    name = "det"
+
+    def __init__(self, in_channels: int, num_classes: int, strides: list[int], num_convs: int = 2,
+                 prior_prob: float = 0.01, range_mult: float = 4.0, center_radius: float = 1.5,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, score_thr: float = 0.05,
+                 iou_thr: float = 0.6, max_det: int = 100, pre_nms_topk: int = 1000) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.strides = list(strides)
+        self.range_mult = range_mult
+        self.center_radius = center_radius
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.score_thr, self.iou_thr, self.max_det, self.pre_nms_topk = score_thr, iou_thr, max_det, pre_nms_topk
+        c = in_channels
+        self.cls_tower = nn.Sequential(*[conv_norm_act(c, c) for _ in range(num_convs)])
+        self.reg_tower = nn.Sequential(*[conv_norm_act(c, c) for _ in range(num_convs)])
+        self.cls_pred = nn.Conv2d(c, num_classes, 3, padding=1)
+        self.box_pred = nn.Conv2d(c, 4, 3, padding=1)
+        self.ctr_pred = nn.Conv2d(c, 1, 3, padding=1)
+        self.scales = nn.Parameter(torch.ones(len(self.strides)))
+        nn.init.constant_(self.cls_pred.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """feats at ``strides`` -> cls_logits (B, L, C), box_ltrb (B, L, 4) pixels, centerness (B, L),
+        points (L, 2), point_strides (L,)."""
+        cls, box, ctr = [], [], []
+        for i, (f, s) in enumerate(zip(feats, self.strides)):
+            ct, rt = self.cls_tower(f), self.reg_tower(f)
+            cls.append(self.cls_pred(ct).flatten(2).transpose(1, 2))
+            box.append((F.softplus(self.box_pred(rt) * self.scales[i]) * s).flatten(2).transpose(1, 2))
+            ctr.append(self.ctr_pred(rt).flatten(1))
+        points, strides = make_points([f.shape[-2:] for f in feats], self.strides, feats[0].device)
+        return {"cls_logits": torch.cat(cls, 1), "box_ltrb": torch.cat(box, 1), "centerness": torch.cat(ctr, 1),
+                "points": points, "point_strides": strides}
+
+    def assign(self, raw: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        """(B, L) matched ground-truth index per location, -1 for background."""
+        strides = raw["point_strides"]
+        ranges = torch.tensor(level_ranges(self.strides, self.range_mult), device=strides.device)
+        level = torch.bucketize(strides, torch.tensor(self.strides, device=strides.device, dtype=strides.dtype))
+        return fcos_assign(raw["points"], ranges[level], strides, batch["gt_boxes"], batch["gt_labels"],
+                           self.center_radius)
+
+    def loss(self, outputs: dict, batch: dict[str, Any], cache: dict) -> dict[str, torch.Tensor]:
+        valid = batch["has_boxes"]
+        if not valid.any():
+            return {}
+        raw = outputs[self.name]
+        matched = self.assign(raw, batch)
+        cache["det_matched"] = matched
+        return fcos_loss(raw["cls_logits"], raw["box_ltrb"], raw["centerness"], raw["points"], matched,
+                         batch["gt_boxes"], batch["gt_labels"], valid, self.focal_alpha, self.focal_gamma)
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict, preds: list[dict], image_size: tuple[int, int]) -> None:
+        """Adds boxes (N, 4) xyxy, scores (N,), labels (N,), locations (N,) to each image's prediction."""
+        raw = outputs[self.name]
+        scores = (raw["cls_logits"].float().sigmoid() * raw["centerness"].float().sigmoid()[..., None]).sqrt()
+        h, w = image_size
+        for i, p in enumerate(preds):
+            flat = scores[i].flatten()
+            k = min(self.pre_nms_topk, flat.numel())
+            top_s, top_i = flat.topk(k)
+            keep = top_s > self.score_thr
+            top_s, top_i = top_s[keep], top_i[keep]
+            loc, lab = top_i // self.num_classes, top_i % self.num_classes
+            boxes = decode_ltrb(raw["points"][loc], raw["box_ltrb"][i, loc].float())
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            kept = batched_nms(boxes, top_s, lab, self.iou_thr)[: self.max_det]
+            p.update(boxes=boxes[kept], scores=top_s[kept], labels=lab[kept], locations=loc[kept])

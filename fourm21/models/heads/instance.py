@@ -1,0 +1,67 @@
+"""Instance masks from shared prototypes and per-location coefficients (YOLACT / YOLOv8-seg style).
+
+Only the kept detections' masks are assembled, so the cost after NMS is small.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fourm21.losses.masks import box_crop_weights, prototype_mask_loss
+from fourm21.models.heads.base import Head
+from fourm21.models.neck import conv_norm_act
+
+
+class InstanceMaskHead(Head):
+    """Prototypes (B, K, 2H/s0, 2W/s0) from the finest level s0; coefficients (B, L, K) on the detection levels."""
+
+    name = "inst"
+    requires = ("det",)
+
+    def __init__(self, in_channels: int, strides: list[int], num_protos: int = 16,
+                 proto_channels: int = 64, num_convs: int = 1, mask_thr: float = 0.5, max_pos: int = 512,
+                 dice_weight: float = 1.0) -> None:
+        super().__init__()
+        self.strides = list(strides)  # levels for coefficients: must equal the detection head's
+        self.mask_thr, self.max_pos, self.dice_weight = mask_thr, max_pos, dice_weight
+        self.proto_net = nn.Sequential(
+            conv_norm_act(in_channels, proto_channels), nn.Upsample(scale_factor=2, mode="nearest"),
+            conv_norm_act(proto_channels, proto_channels), nn.Conv2d(proto_channels, num_protos, 1))
+        self.coef_tower = nn.Sequential(*[conv_norm_act(in_channels, in_channels) for _ in range(num_convs)])
+        self.coef_pred = nn.Conv2d(in_channels, num_protos, 3, padding=1)
+
+    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """feats at ``strides`` -> proto (B, K, Hp, Wp), coefs (B, L, K)."""
+        coefs = [self.coef_pred(self.coef_tower(f)).flatten(2).transpose(1, 2) for f in feats]
+        return {"proto": self.proto_net(feats[0]), "coefs": torch.tanh(torch.cat(coefs, 1))}
+
+    def loss(self, outputs: dict, batch: dict[str, Any], cache: dict) -> dict[str, torch.Tensor]:
+        valid = batch["has_masks"] & batch["has_boxes"]
+        if not valid.any() or "det_matched" not in cache:
+            return {}
+        raw = outputs[self.name]
+        return prototype_mask_loss(raw["proto"], raw["coefs"], cache["det_matched"], batch["gt_masks"],
+                                   batch["gt_boxes"], valid, tuple(batch["image"].shape[-2:]), self.max_pos,
+                                   self.dice_weight)
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict, preds: list[dict], image_size: tuple[int, int]) -> None:
+        """Adds mask_probs (N, H, W) float and masks (N, H, W) bool for each kept detection."""
+        raw = outputs[self.name]
+        h, w = image_size
+        for i, p in enumerate(preds):
+            loc = p["locations"]
+            if len(loc) == 0:
+                p["mask_probs"] = torch.zeros((0, h, w), device=loc.device)
+                p["masks"] = torch.zeros((0, h, w), dtype=torch.bool, device=loc.device)
+                continue
+            proto = raw["proto"][i].float()
+            m = torch.einsum("nk,khw->nhw", raw["coefs"][i, loc].float(), proto)
+            m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0].sigmoid()
+            m = m * box_crop_weights(p["boxes"], h, w)
+            p["mask_probs"] = m
+            p["masks"] = m > self.mask_thr

@@ -1,0 +1,122 @@
+"""The one network: backbone -> neck -> (classification) -> fusion -> dense heads.
+
+Built from a plain config (``build_model``) so every part is swappable by a Hydra override.
+Holds no training code: losses are asked of the heads, decoding is the heads' ``postprocess``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from fourm21.errors import ConfigError
+from fourm21.models.backbone import TimmBackbone
+from fourm21.models.fusion import ContextFusion
+from fourm21.models.heads.base import Head
+from fourm21.models.neck import FpnPan
+
+
+class MultiTaskNet(nn.Module):
+    def __init__(self, backbone: TimmBackbone, neck: FpnPan, heads: Mapping[str, Head],
+                 fusion: ContextFusion | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.heads = nn.ModuleDict(heads)
+        self.fusion = fusion
+        for name, head in self.heads.items():
+            missing = [s for s in head.strides if s not in neck.strides] if head.source == "neck" else []
+            if missing:
+                raise ConfigError(f"model.heads.{name}.strides: {missing} not among the neck's strides {neck.strides}")
+            for req in head.requires:
+                if req not in self.heads:
+                    raise ConfigError(f"model.heads.{name} needs head '{req}', which is disabled")
+
+    def _levels(self, feats: list[torch.Tensor], strides: list[int]) -> list[torch.Tensor]:
+        return [feats[self.neck.strides.index(s)] for s in strides]
+
+    def forward(self, images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """(B, 3, H, W) normalised images -> {task: raw head output}."""
+        feats = self.backbone(images)
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for name, head in self.heads.items():
+            if head.source == "backbone":
+                out[name] = head(feats)
+        dense = self.neck(feats)
+        if self.fusion is not None:
+            cls_logits = out["cls"]["logits"] if "cls" in out else None
+            dense = self.fusion(dense, feats[-1], cls_logits)
+        for name, head in self.heads.items():
+            if head.source == "neck":
+                out[name] = head(self._levels(dense, head.strides))
+        return out
+
+    def loss(self, outputs: dict, batch: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        """{task: {part: scalar}}; a task none of the batch's samples carries is absent."""
+        cache: dict[str, Any] = {}
+        losses = {}
+        for name in self._loss_order():
+            parts = self.heads[name].loss(outputs, batch, cache)
+            if parts:
+                losses[name] = parts
+        return losses
+
+    def _loss_order(self) -> list[str]:
+        order: list[str] = []
+        def visit(n: str) -> None:
+            if n not in order:
+                for r in self.heads[n].requires:
+                    visit(r)
+                order.append(n)
+        for n in self.heads:
+            visit(n)
+        return order
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict, image_size: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
+        """Raw outputs -> one dict of predictions per image (the one decode path for metrics, predict, export)."""
+        batch = next(iter(next(iter(outputs.values())).values())).shape[0]
+        preds: list[dict[str, torch.Tensor]] = [{} for _ in range(batch)]
+        for name in self._loss_order():
+            self.heads[name].postprocess(outputs, preds, image_size)
+        return preds
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return self.postprocess(self(images), tuple(images.shape[-2:]))
+
+
+def build_model(cfg: DictConfig | Mapping) -> MultiTaskNet:
+    """Assemble the network from ``model`` config: backbone, neck, fusion, and every enabled head."""
+    cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
+    backbone = TimmBackbone(**OmegaConf.to_container(cfg.backbone, resolve=True))
+    neck_cfg = OmegaConf.to_container(cfg.neck, resolve=True)
+    neck = FpnPan(backbone.channels, backbone.strides, **neck_cfg)
+    heads: dict[str, Head] = {}
+    for name, hcfg in cfg.heads.items():
+        if hcfg is None or not hcfg.get("enabled", True):
+            continue
+        params = OmegaConf.to_container(hcfg, resolve=True)
+        params.pop("enabled", None)
+        if "_target_" not in params:
+            raise ConfigError(f"model.heads.{name}: missing '_target_' (the head class to build)")
+        try:
+            head_cls = get_class(params["_target_"])
+        except Exception as e:  # hydra wraps import errors; name the key instead
+            raise ConfigError(f"model.heads.{name}._target_: cannot import '{params['_target_']}' ({e})") from None
+        in_channels = backbone.channels[-1] if head_cls.source == "backbone" else neck.channels
+        head = instantiate(params, in_channels=in_channels)
+        head.name = name
+        heads[name] = head
+    fusion = None
+    fcfg = cfg.get("fusion")
+    if fcfg is not None and fcfg.get("enabled", False):
+        num_cls = heads["cls"].num_classes if "cls" in heads and fcfg.get("use_class_probs", True) else 0
+        fusion = ContextFusion(backbone.channels[-1], neck.channels, len(neck.strides), num_cls,
+                               hidden=fcfg.get("hidden", 128))
+    return MultiTaskNet(backbone, neck, heads, fusion)
