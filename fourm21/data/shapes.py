@@ -1,6 +1,6 @@
 """The embedded "shapes" data set: generated procedurally, stored in COCO format.
 
-Each image has a scene class (its background texture, for the softmax head) and 1-4
+Each image has a scene class (its background's palette and texture, for the softmax head) and 1-4
 objects (circle, square, triangle) with random colour, size and rotation that may occlude
 each other. Instance masks are the *visible* parts (RLE), boxes are their tight boxes, and a
 semantic PNG holds the per-pixel class. Because it is plain COCO, the default run uses the
@@ -9,6 +9,7 @@ same pycocotools reading path as real COCO.
 
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 from pathlib import Path
@@ -17,31 +18,36 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-SCENES = ("plain", "gradient", "stripes", "checker")
+SCENES = ("forest", "desert", "ocean", "dusk")
+SCENE_HUES = (0.33, 0.08, 0.6, 0.8)
 CATEGORIES = ("circle", "square", "triangle")
 SPLIT_SEEDS = {"train": 0, "val": 1}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3
+
+
+def _tone(rng: np.random.Generator, hue: float) -> np.ndarray:
+    """A dark RGB colour (0-255) near ``hue``, so the bright objects stand out."""
+    h = (hue + rng.uniform(-0.06, 0.06)) % 1.0
+    return np.array(colorsys.hsv_to_rgb(h, rng.uniform(0.45, 0.9), rng.uniform(0.22, 0.5)), np.float32) * 255
 
 
 def _background(rng: np.random.Generator, scene: int, size: int) -> np.ndarray:
-    """(size, size, 3) uint8 texture whose kind is the scene class."""
-    c1 = rng.integers(0, 110, 3).astype(np.float32)
-    c2 = rng.integers(0, 110, 3).astype(np.float32)
-    while np.abs(c1 - c2).sum() < 90:  # keep the two tones apart so the texture is visible
-        c2 = rng.integers(0, 110, 3).astype(np.float32)
+    """(size, size, 3) uint8 background; each scene has its own palette and texture."""
+    hue = SCENE_HUES[scene]
+    c1 = _tone(rng, hue)
+    c2 = _tone(rng, hue)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    if scene == 0:
-        t = np.zeros_like(xx)
-    elif scene == 1:
+    if scene == 0:  # forest: mottled
+        t = np.kron(rng.random((size // 8 + 1, size // 8 + 1)), np.ones((8, 8)))[:size, :size].astype(np.float32)
+    elif scene == 1:  # desert: smooth gradient
         angle = rng.uniform(0, 2 * math.pi)
         proj = xx * math.cos(angle) + yy * math.sin(angle)
         t = (proj - proj.min()) / max(proj.max() - proj.min(), 1e-6)
-    elif scene == 2:
-        period = rng.integers(6, 11)
-        coord = xx if rng.random() < 0.5 else yy
-        t = ((coord // (period / 2)) % 2).astype(np.float32)
-    else:
-        cell = rng.integers(5, 10)
+    elif scene == 2:  # ocean: waves
+        period = rng.uniform(12, 20)
+        t = (0.5 + 0.5 * np.sin(2 * math.pi * (yy + 3 * np.sin(xx / 7)) / period)).astype(np.float32)
+    else:  # dusk: checker
+        cell = rng.integers(8, 13)
         t = (((xx // cell) + (yy // cell)) % 2).astype(np.float32)
     img = c1[None, None] * (1 - t[..., None]) + c2[None, None] * t[..., None]
     img += rng.normal(0, 4, img.shape)

@@ -109,7 +109,7 @@ def build_model(cfg: DictConfig | Mapping) -> MultiTaskNet:
             head_cls = get_class(params["_target_"])
         except Exception as e:  # hydra wraps import errors; name the key instead
             raise ConfigError(f"model.heads.{name}._target_: cannot import '{params['_target_']}' ({e})") from None
-        in_channels = backbone.channels[-1] if head_cls.source == "backbone" else neck.channels
+        in_channels = list(backbone.channels) if head_cls.source == "backbone" else neck.channels
         head = instantiate(params, in_channels=in_channels)
         head.name = name
         heads[name] = head

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
@@ -11,7 +12,7 @@ from torchvision.ops import FeaturePyramidNetwork
 
 def conv_norm_act(c_in: int, c_out: int, k: int = 3, s: int = 1) -> nn.Sequential:
     """Conv + GroupNorm + SiLU; GroupNorm keeps small and mixed batches stable."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, s, k // 2, bias=False), nn.GroupNorm(min(8, c_out // 4), c_out),
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, s, k // 2, bias=False), nn.GroupNorm(math.gcd(8, c_out), c_out),
                          nn.SiLU(inplace=True))
 
 

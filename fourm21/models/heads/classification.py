@@ -1,4 +1,4 @@
-"""Softmax image classification from the pooled top backbone feature."""
+"""Softmax image classification from pooled multi-scale backbone features."""
 
 from __future__ import annotations
 
@@ -9,25 +9,32 @@ from torch import nn
 
 from fourm21.losses.classification import softmax_ce_loss
 from fourm21.models.heads.base import Head
+from fourm21.models.neck import conv_norm_act
 
 
 class ClassificationHead(Head):
     name = "cls"
     source = "backbone"
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0, label_smoothing: float = 0.0,
-                 topk: int = 5) -> None:
+    def __init__(self, in_channels: list[int], num_classes: int, hidden: int = 256, levels: list[int] | None = None,
+                 dropout: float = 0.0, label_smoothing: float = 0.0, topk: int = 5) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.topk = topk
-        self.norm = nn.LayerNorm(in_channels)
+        self.levels = list(levels) if levels is not None else list(range(len(in_channels)))
+        # Each backbone level goes through a non-linear 1x1 projection before pooling: a bag of local
+        # features sees texture at every scale, which a freshly initialised ConvNeXt (layer scale ~0,
+        # nearly linear) does not provide in its pooled top map alone.
+        width = max(hidden // len(self.levels), 8)
+        self.pre = nn.ModuleList(conv_norm_act(in_channels[i], width, k=1) for i in self.levels)
+        self.norm = nn.LayerNorm(width * len(self.levels))
         self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(in_channels, num_classes)
+        self.fc = nn.Linear(width * len(self.levels), num_classes)
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Top feature (B, C, h, w) -> logits (B, K)."""
-        pooled = feats[-1].mean(dim=(2, 3))
+        """Backbone levels [(B, C_i, H_i, W_i)] -> logits (B, K)."""
+        pooled = torch.cat([pre(feats[i]).mean(dim=(2, 3)) for pre, i in zip(self.pre, self.levels)], dim=1)
         return {"logits": self.fc(self.drop(self.norm(pooled)))}
 
     def loss(self, outputs: dict, batch: dict[str, Any], cache: dict) -> dict[str, torch.Tensor]:

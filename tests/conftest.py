@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny shapes data set and a tiny network config, so tests run in seconds on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from fourm21.data.shapes import ensure_shapes
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A ConvNeXt shrunk through timm's own kwargs: same code path as convnext_atto, a fraction of the cost.
+TINY_CONVNEXT = {"name": "convnext_atto", "pretrained": False, "checkpoint": None, "out_indices": None,
+                 "img_size": 64, "drop_path_rate": 0.0, "dims": [16, 32, 48, 64], "depths": [1, 1, 1, 1]}
+TINY_VIT = {"name": "vit_tiny_patch16_224", "pretrained": False, "checkpoint": None, "out_indices": None,
+            "img_size": 64, "drop_path_rate": 0.0, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2}
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    return ensure_shapes(root, num_train=24, num_val=12, size=64, seed=3)
+
+
+def model_config(backbone: dict | None = None, **head_overrides) -> dict:
+    """The default model config (configs/model/multitask.yaml) with a tiny backbone and narrow neck."""
+    cfg = OmegaConf.load(REPO / "configs" / "model" / "multitask.yaml")
+    cfg.pop("defaults")
+    cfg.backbone = dict(backbone or TINY_CONVNEXT)
+    cfg.neck.channels = 32
+    data = OmegaConf.create({"data": {"num_classes": 3, "num_image_classes": 4}})
+    merged = OmegaConf.merge(data, {"model": cfg})
+    for key, value in head_overrides.items():
+        OmegaConf.update(merged, f"model.{key}", value)
+    return OmegaConf.to_container(merged.model, resolve=True)

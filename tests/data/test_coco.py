@@ -1,0 +1,92 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from fourm21.data.coco import CocoDataset
+from fourm21.data.sample import IGNORE_INDEX
+from fourm21.data.transforms import build_dense_transform
+from fourm21.errors import DatasetError
+
+
+@pytest.fixture()
+def tiny_coco(tmp_path):
+    """Two images with non-contiguous category ids (COCO style): polygon, crowd RLE, and an empty image."""
+    (tmp_path / "img").mkdir()
+    for name, size in (("a.jpg", (40, 60)), ("b.png", (32, 32))):
+        Image.fromarray(np.full((*size, 3), 90, np.uint8)).save(tmp_path / "img" / name)
+    crowd = np.zeros((40, 60), np.uint8)
+    crowd[30:38, 40:58] = 1
+    rle = mask_utils.encode(np.asfortranarray(crowd))
+    rle["counts"] = rle["counts"].decode()
+    data = {
+        "images": [{"id": 7, "file_name": "a.jpg", "height": 40, "width": 60},
+                   {"id": 9, "file_name": "b.png", "height": 32, "width": 32}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 18, "bbox": [10, 5, 20, 10], "area": 200, "iscrowd": 0,
+             "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]]},
+            {"id": 2, "image_id": 7, "category_id": 3, "bbox": [40, 30, 18, 8], "area": 144, "iscrowd": 1,
+             "segmentation": rle},
+        ],
+        "categories": [{"id": 3, "name": "car"}, {"id": 18, "name": "dog"}],
+    }
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps(data))
+    return tmp_path, ann
+
+
+def test_reads_polygons_maps_ids_and_skips_crowd(tiny_coco):
+    root, ann = tiny_coco
+    ds = CocoDataset(root / "img", ann, build_dense_transform(64, train=False))
+    assert ds.cat_ids == [3, 18] and ds.class_names == ["car", "dog"]
+    s = ds[0]
+    assert s["image"].shape == (3, 64, 64)
+    assert s["box_labels"].tolist() == [1]  # dog -> contiguous 1; the crowd car is not a training target
+    scale = 64 / 60
+    np.testing.assert_allclose(s["boxes"][0].numpy(), np.array([10, 5, 31, 16]) * scale, atol=scale * 1.5)
+    assert s["masks"].shape == (1, 64, 64) and s["masks"][0].sum() > 150
+    assert s["meta"]["scale"] == pytest.approx(scale)
+    sem = s["semantic"]
+    assert (sem[s["masks"][0]] == 2).float().mean() > 0.9  # semantic id = contiguous + 1
+    assert (sem == IGNORE_INDEX).any()  # crowd region and letterbox padding are ignored
+    assert "label" not in s  # no image-level labels in plain COCO
+
+
+def test_images_without_annotations_are_kept(tiny_coco):
+    root, ann = tiny_coco
+    ds = CocoDataset(root / "img", ann, build_dense_transform(32, train=False))
+    assert len(ds) == 2
+    s = ds[1]
+    assert s["boxes"].shape == (0, 4) and s["masks"].shape == (0, 32, 32)
+    assert (s["semantic"] == 0).all()
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"),
+                                              ('{"images": [], "categories": []}', "annotations")])
+def test_bad_json_names_the_file(tmp_path, content, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    with pytest.raises(DatasetError, match=message) as e:
+        CocoDataset(tmp_path, bad, build_dense_transform(32, train=False))
+    assert "bad.json" in str(e.value)
+
+
+def test_missing_file_and_image(tiny_coco):
+    root, ann = tiny_coco
+    with pytest.raises(DatasetError, match="not found"):
+        CocoDataset(root, root / "nope.json")
+    (root / "img" / "a.jpg").unlink()
+    ds = CocoDataset(root / "img", ann, build_dense_transform(32, train=False))
+    with pytest.raises(DatasetError, match="a.jpg"):
+        ds[0]
+
+
+def test_shapes_samples_carry_every_target(shapes_root):
+    ds = CocoDataset(shapes_root / "images", shapes_root / "annotations/instances_val.json",
+                     build_dense_transform(64, train=False), semantic_dir=shapes_root / "semantic")
+    s = ds[0]
+    assert set(s) >= {"image", "label", "boxes", "box_labels", "masks", "semantic", "meta"}
+    assert ds.image_class_names == ["plain", "gradient", "stripes", "checker"]
+    assert len(s["boxes"]) == len(s["masks"]) == len(s["box_labels"]) >= 1

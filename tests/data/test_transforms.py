@@ -1,0 +1,52 @@
+import albumentations as A
+import numpy as np
+
+from fourm21.data.transforms import apply_dense_transform, build_dense_transform
+
+
+def _square_scene(size=64):
+    image = np.zeros((size, size, 3), np.uint8)
+    masks = np.zeros((2, size, size), bool)
+    masks[0, 10:30, 5:25] = True
+    masks[1, 40:60, 50:64] = True  # touches the right border
+    boxes = np.array([[5, 10, 25, 30], [50, 40, 64, 60]], np.float32)
+    sem = np.zeros((size, size), np.uint8)
+    sem[masks[0]] = 1
+    sem[masks[1]] = 2
+    return image, boxes, masks, sem
+
+
+def test_boxes_follow_masks_under_augmentation():
+    image, boxes, masks, sem = _square_scene()
+    t = build_dense_transform(64, train=True, hflip=1.0, scale=(0.8, 1.2), translate=0.2, rotate=20, affine_p=1.0)
+    for seed in range(10):
+        np.random.seed(seed)
+        out = apply_dense_transform(t, image, boxes, masks, sem)
+        assert out["image"].shape == (64, 64, 3)
+        assert len(out["boxes"]) == len(out["masks"]) == len(out["keep"])
+        for box, m in zip(out["boxes"], out["masks"]):
+            ys, xs = np.nonzero(m)
+            np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            assert (box[2:] <= 64).all() and (box[:2] >= 0).all()
+
+
+def test_instances_leaving_the_image_are_dropped():
+    image, boxes, masks, sem = _square_scene()
+    t = build_dense_transform(64, train=False)
+    # shift everything 40 px to the left: the left square leaves the image, the right one stays
+    shift = A.Compose([A.Affine(translate_px={"x": (-40, -40), "y": (0, 0)}, p=1.0), A.Normalize()],
+                      bbox_params=t.processors["bboxes"].params, additional_targets={"semantic": "mask", "valid": "mask"})
+    out = apply_dense_transform(shift, image, boxes, masks, sem)
+    assert out["keep"].tolist() == [1]
+    np.testing.assert_array_equal(out["boxes"][0], [10, 40, 24, 60])
+
+
+def test_letterbox_scales_longest_side_and_ignores_padding():
+    image = np.zeros((32, 64, 3), np.uint8)
+    masks = np.zeros((1, 32, 64), bool)
+    masks[0, 8:16, 8:24] = True
+    out = apply_dense_transform(build_dense_transform(128, train=False), image, np.array([[8, 8, 24, 16]], np.float32),
+                                masks, masks[0].astype(np.uint8))
+    assert out["image"].shape == (128, 128, 3)
+    np.testing.assert_allclose(out["boxes"][0], [16, 16, 48, 32])
+    assert (out["semantic"][64:] == 255).all() and (out["semantic"][:64] != 255).all()

@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import torch
+
+from fourm21.data.coco import CocoDataset
+from fourm21.data.collate import collate_samples
+from fourm21.data.transforms import build_dense_transform
+from fourm21.metrics.evaluator import MultiTaskEvaluator
+
+
+def _perfect_preds(batch, num_classes):
+    """Predictions equal to the ground truth of a batch (letterboxed coordinates)."""
+    preds = []
+    for i in range(len(batch["image"])):
+        valid = batch["gt_labels"][i] >= 0
+        masks = batch["gt_masks"][i][valid]
+        preds.append({
+            "boxes": batch["gt_boxes"][i][valid], "labels": batch["gt_labels"][i][valid],
+            "scores": torch.linspace(0.9, 0.5, int(valid.sum())),
+            "masks": masks, "mask_probs": masks.float(),
+            "class_label": batch["label"][i], "class_probs": torch.nn.functional.one_hot(batch["label"][i], 4).float(),
+            "semantic": batch["semantic"][i].clamp(max=num_classes),
+        })
+    return preds
+
+
+@pytest.mark.parametrize("img_size", [64, 96])  # 96 exercises the mapping back from a rescaled input
+def test_perfect_predictions_score_one(shapes_root, img_size):
+    ds = CocoDataset(shapes_root / "images", shapes_root / "annotations/instances_val.json",
+                     build_dense_transform(img_size, train=False), semantic_dir=shapes_root / "semantic")
+    ev = MultiTaskEvaluator(["cls", "det", "inst", "sem"], ds, num_image_classes=4, num_sem_classes=4)
+    batch = collate_samples([ds[i] for i in range(len(ds))])
+    ev.update(_perfect_preds(batch, 3), batch)
+    m = ev.compute()
+    assert m["cls/acc"] == 1.0 and m["cls/f1_macro"] == 1.0
+    assert m["det/map50"] == pytest.approx(1.0) and m["det/map"] > 0.95
+    assert m["inst/map50"] == pytest.approx(1.0) and m["inst/map"] > 0.9
+    assert m["sem/miou"] == pytest.approx(1.0) and m["sem/pixel_acc"] == 1.0 and m["sem/dice"] == pytest.approx(1.0)
+    assert m["score"] == pytest.approx((1.0 + m["det/map"] + m["inst/map"] + 1.0) / 4)
+
+
+def test_wrong_predictions_score_low(shapes_root):
+    ds = CocoDataset(shapes_root / "images", shapes_root / "annotations/instances_val.json",
+                     build_dense_transform(64, train=False), semantic_dir=shapes_root / "semantic")
+    ev = MultiTaskEvaluator(["cls", "det", "inst", "sem"], ds, num_image_classes=4, num_sem_classes=4)
+    batch = collate_samples([ds[i] for i in range(len(ds))])
+    preds = _perfect_preds(batch, 3)
+    for p in preds:
+        p["labels"] = (p["labels"] + 1) % 3  # every box gets the wrong class
+        p["class_label"] = (p["class_label"] + 1) % 4
+    ev.update(preds, batch)
+    m = ev.compute()
+    assert m["det/map50"] < 0.05 and m["cls/acc"] == 0.0
+
+
+def test_empty_predictions_give_zero_not_an_error(shapes_root):
+    ds = CocoDataset(shapes_root / "images", shapes_root / "annotations/instances_val.json",
+                     build_dense_transform(64, train=False), semantic_dir=shapes_root / "semantic")
+    ev = MultiTaskEvaluator(["det", "inst"], ds)
+    batch = collate_samples([ds[0], ds[1]])
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0),
+             "mask_probs": torch.zeros(0, 64, 64), "masks": torch.zeros(0, 64, 64, dtype=torch.bool)}
+    ev.update([empty, empty], batch)
+    assert ev.compute() == {"det/map": 0.0, "det/map50": 0.0, "det/map75": 0.0, "inst/map": 0.0,
+                            "inst/map50": 0.0, "inst/map75": 0.0, "score": 0.0}
+
+
+def test_report_files(tmp_path):
+    from fourm21.metrics.report import write_report
+    write_report(tmp_path, {"val/det/map50": 0.5, "train/loss": 1.25, "time/train_s": 3})
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data == {"time/train_s": 3.0, "train/loss": 1.25, "val/det/map50": 0.5}
+    md = (tmp_path / "report.md").read_text()
+    assert "| val | det | map50 | 0.5000 |" in md

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from fourm21.errors import ConfigError
+from fourm21.models.multitask import build_model
+from tests.conftest import TINY_CONVNEXT, TINY_VIT, model_config
+
+
+@pytest.mark.parametrize("backbone", [TINY_CONVNEXT, TINY_VIT], ids=["convnext", "vit"])
+def test_every_head_output_shape(backbone):
+    model = build_model(model_config(backbone))
+    out = model(torch.randn(2, 3, 64, 64))
+    assert set(out) == {"cls", "det", "inst", "sem"}
+    n_loc = sum((64 // s) ** 2 for s in (4, 8, 16))
+    assert out["cls"]["logits"].shape == (2, 4)
+    assert out["det"]["cls_logits"].shape == (2, n_loc, 3)
+    assert out["det"]["box_ltrb"].shape == (2, n_loc, 4) and (out["det"]["box_ltrb"] >= 0).all()
+    assert out["det"]["centerness"].shape == (2, n_loc)
+    assert out["det"]["points"].shape == (n_loc, 2)
+    assert out["inst"]["coefs"].shape == (2, n_loc, 16)
+    assert out["inst"]["proto"].shape == (2, 16, 32, 32)
+    assert out["sem"]["logits"].shape == (2, 4, 16, 16)
+    preds = model.postprocess(out, (64, 64))
+    assert len(preds) == 2
+    p = preds[0]
+    n = len(p["boxes"])
+    assert p["scores"].shape == (n,) and p["labels"].shape == (n,) and p["masks"].shape == (n, 64, 64)
+    assert p["semantic"].shape == (64, 64) and p["class_probs"].shape == (4,)
+    assert torch.allclose(p["class_probs"].sum(), torch.tensor(1.0))
+
+
+def test_heads_can_be_disabled_by_config():
+    model = build_model(model_config(**{"heads.inst.enabled": False, "heads.sem.enabled": False}))
+    assert set(model(torch.randn(1, 3, 64, 64))) == {"cls", "det"}
+
+
+def test_instance_head_without_detection_is_a_config_error():
+    with pytest.raises(ConfigError, match="inst.*det"):
+        build_model(model_config(**{"heads.det.enabled": False}))
+
+
+def test_head_strides_must_exist_in_the_neck():
+    with pytest.raises(ConfigError, match="heads.det.strides"):
+        build_model(model_config(**{"heads.det.strides": [8, 64], "heads.inst.strides": [8, 64]}))
+
+
+def test_fusion_switch_changes_the_dense_features():
+    torch.manual_seed(0)
+    on = build_model(model_config())
+    assert on.fusion is not None
+    off = build_model(model_config(**{"fusion.enabled": False}))
+    assert off.fusion is None
+    # fusion starts as identity, then any change of its FiLM weights changes the detection output
+    x = torch.randn(1, 3, 64, 64)
+    before = on(x)["det"]["cls_logits"].clone()
+    with torch.no_grad():
+        on.fusion.film.weight.normal_(0, 0.5)
+    assert not torch.allclose(before, on(x)["det"]["cls_logits"])
