@@ -131,7 +131,8 @@ class CocoDataset(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))).float(),
             "boxes": torch.from_numpy(out["boxes"]).float(),
             "box_labels": torch.from_numpy(labels[out["keep"]]).long(),
-            "masks": torch.from_numpy(out["masks"]) if out["masks"] is not None else torch.zeros((0, *size), dtype=bool),
+            "masks": (torch.from_numpy(out["masks"]) if out["masks"] is not None
+                      else torch.zeros((0, *size), dtype=torch.bool)),
             "semantic": torch.from_numpy(out["semantic"]),
             "meta": {"image_id": image_id, "source": self.source, "orig_size": (h, w),
                      "scale": max(size) / max(h, w), "file_name": self.coco.imgs[image_id]["file_name"]},

@@ -55,7 +55,7 @@ def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any
     t0 = time.time()
     results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()
-               if k.startswith("val/") and k.count("/") >= 2 and not k.endswith("_step")}
+               if k.startswith("val/") and not k.endswith("_step")}
     metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items()}
     metrics["time/eval_s"] = time.time() - t0
     metrics.update(extra or {})

@@ -22,7 +22,7 @@ from fourm21.engine.validate_config import check_config
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     callbacks = []
-    for name, cb_cfg in (cfg.get("callbacks") or {}).items():
+    for cb_cfg in (cfg.get("callbacks") or {}).values():
         if cb_cfg is None or "_target_" not in cb_cfg:
             continue
         kwargs = {}

@@ -28,13 +28,13 @@ class MultiTaskLoss(nn.Module):
             {t: nn.Parameter(torch.zeros(())) for t in self.weights} if weighting == "uncertainty" else {})
 
     def forward(self, task_losses: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """{task: {part: scalar}} -> (total, flat logs ``task/part``, ``task/loss`` and ``loss``)."""
+        """{task: {part: scalar}} -> (total, flat logs ``task/loss_<part>``, ``task/loss`` and ``loss``)."""
         total = None
         logs: dict[str, torch.Tensor] = {}
         for task, parts in task_losses.items():
             task_loss = sum(parts.values())
             for part, value in parts.items():
-                logs[f"{task}/{part}"] = value.detach()
+                logs[f"{task}/loss_{part}"] = value.detach()
             logs[f"{task}/loss"] = task_loss.detach()
             w = self.weights.get(task, 1.0)
             if self.weighting == "uncertainty" and task in self.log_vars:

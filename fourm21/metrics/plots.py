@@ -37,21 +37,29 @@ def plot_loss_curves(metrics_csv: str | Path, out_file: str | Path) -> Path | No
                 xs.append(float(r[x_key]))
                 ys.append(float(r[key]))
         return xs, ys
-    train_keys = sorted(k for k in rows[0] if k.startswith("train/") and k.endswith("loss") and k.count("/") <= 2)
-    val_keys = sorted(k for k in rows[0] if k.startswith("val/") and not k.endswith("loss") and "/" in k[4:])
+    keys = list(rows[0])
+    train_keys = sorted(k for k in keys if k.startswith("train/") and k.endswith("loss_step"))
+    val_loss_keys = sorted(k for k in keys if k.startswith("val/") and k.endswith("/loss"))
+    val_keys = sorted(k for k in keys if k.startswith("val/") and "loss" not in k and k.count("/") == 2)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for k in train_keys:
         xs, ys = series(k)
         if xs:
-            axes[0].plot(xs, ys, label=k[6:], lw=1.2 if k == "train/loss" else 0.8)
-    axes[0].set(xlabel="step", ylabel="loss", title="training losses", yscale="log")
-    axes[0].legend(fontsize=8)
+            axes[0].plot(xs, ys, label=k.removesuffix("_step"), lw=1.4 if k == "train/loss_step" else 0.8)
+    for k in val_loss_keys:
+        xs, ys = series(k)
+        if xs:
+            axes[0].plot(xs, ys, "o--", ms=3, lw=0.8, label=k)
+    axes[0].set(xlabel="step", ylabel="loss", title="losses (train per step, val per validation)", yscale="log")
+    if axes[0].lines:
+        axes[0].legend(fontsize=7, ncol=2)
     for k in val_keys:
         xs, ys = series(k, "epoch")
         if xs:
             axes[1].plot(xs, ys, marker="o", ms=3, label=k[4:])
-    axes[1].set(xlabel="epoch", ylabel="value", title="validation metrics", ylim=(0, 1))
-    axes[1].legend(fontsize=7, ncol=2)
+    axes[1].set(xlabel="epoch", ylabel="value", title="validation metrics", ylim=(0, 1.02))
+    if axes[1].lines:
+        axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out_file, dpi=110)
     plt.close(fig)
@@ -112,7 +120,7 @@ def draw_prediction(ax: plt.Axes, image: np.ndarray, pred: dict[str, torch.Tenso
 
 
 def plot_prediction_grid(images: torch.Tensor, preds: list[dict[str, torch.Tensor]], class_names: Sequence[str],
-                         image_class_names: Sequence[str], out_file: str | Path, score_thr: float = 0.3) -> Path:
+                         image_class_names: Sequence[str], out_file: str | Path, score_thr: float = 0.4) -> Path:
     """Grid of predictions (boxes, masks, image class) on a batch of normalised images."""
     n = len(preds)
     cols = min(4, n)

@@ -6,6 +6,7 @@ map; for them a ViTDet-style simple feature pyramid builds strides 4-32 from the
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import timm
@@ -16,20 +17,37 @@ from fourm21.errors import CheckpointError, ConfigError
 
 
 class SimplePyramid(nn.Module):
-    """ViTDet simple feature pyramid: one (B, C, H/s, W/s) map -> maps at strides s/4 .. s*2."""
+    """ViTDet simple feature pyramid: one (B, C, H/p, W/p) map -> maps at ``out_strides`` (default 4-32).
 
-    def __init__(self, channels: int, stride: int) -> None:
+    Finer strides come from 2x transposed convolutions, coarser ones from max pooling, so heads
+    see the same strides whatever the patch size.
+    """
+
+    def __init__(self, channels: int, stride: int, out_strides: tuple[int, ...] = (4, 8, 16, 32)) -> None:
         super().__init__()
-        half, quarter = max(channels // 2, 8), max(channels // 4, 8)
-        self.up4 = nn.Sequential(nn.ConvTranspose2d(channels, half, 2, 2), nn.GroupNorm(1, half), nn.GELU(),
-                                 nn.ConvTranspose2d(half, quarter, 2, 2))
-        self.up2 = nn.ConvTranspose2d(channels, half, 2, 2)
-        self.down2 = nn.MaxPool2d(2, 2)
-        self.channels = [quarter, half, channels, channels]
-        self.strides = [stride // 4, stride // 2, stride, stride * 2]
+        self.strides = list(out_strides)
+        self.channels = []
+        self.levels = nn.ModuleList()
+        for t in self.strides:
+            if t < stride:
+                steps, c, layers = int(math.log2(stride // t)), channels, []
+                for k in range(steps):
+                    c_out = max(channels // 2 ** (k + 1), 16)
+                    layers += [nn.ConvTranspose2d(c, c_out, 2, 2)]
+                    if k < steps - 1:
+                        layers += [nn.GroupNorm(1, c_out), nn.GELU()]
+                    c = c_out
+                self.levels.append(nn.Sequential(*layers))
+                self.channels.append(c)
+            elif t == stride:
+                self.levels.append(nn.Identity())
+                self.channels.append(channels)
+            else:
+                self.levels.append(nn.MaxPool2d(t // stride, t // stride))
+                self.channels.append(channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [self.up4(x), self.up2(x), x, self.down2(x)]
+        return [level(x) for level in self.levels]
 
 
 class TimmBackbone(nn.Module):

@@ -7,6 +7,7 @@ from pycocotools import mask as mask_utils
 
 from fourm21.data.coco import CocoDataset
 from fourm21.data.sample import IGNORE_INDEX
+from fourm21.data.shapes import SCENES
 from fourm21.data.transforms import build_dense_transform
 from fourm21.errors import DatasetError
 
@@ -88,5 +89,5 @@ def test_shapes_samples_carry_every_target(shapes_root):
                      build_dense_transform(64, train=False), semantic_dir=shapes_root / "semantic")
     s = ds[0]
     assert set(s) >= {"image", "label", "boxes", "box_labels", "masks", "semantic", "meta"}
-    assert ds.image_class_names == ["plain", "gradient", "stripes", "checker"]
+    assert ds.image_class_names == list(SCENES)
     assert len(s["boxes"]) == len(s["masks"]) == len(s["box_labels"]) >= 1

@@ -69,7 +69,7 @@ def test_weights_and_uncertainty_weighting():
     parts = {"cls": {"ce": torch.tensor(2.0)}, "det": {"cls": torch.tensor(1.0), "box": torch.tensor(0.5)}}
     total, logs = MultiTaskLoss({"cls": 0.5, "det": 2.0})(parts)
     assert total.item() == pytest.approx(0.5 * 2.0 + 2.0 * 1.5)
-    assert logs["det/loss"].item() == pytest.approx(1.5) and logs["det/box"].item() == 0.5
+    assert logs["det/loss"].item() == pytest.approx(1.5) and logs["det/loss_box"].item() == 0.5
     unc = MultiTaskLoss({"cls": 1.0, "det": 1.0}, weighting="uncertainty")
     with torch.no_grad():
         unc.log_vars["cls"].fill_(1.0)

@@ -18,7 +18,7 @@ def test_feature_levels(cfg):
 
 def test_vit_uses_a_simple_pyramid():
     bb = TimmBackbone(**TINY_VIT)
-    assert bb.pyramid is not None and bb.strides == [2, 4, 8, 16]
+    assert bb.pyramid is not None and bb.strides == [4, 8, 16, 32]
 
 
 def test_unknown_backbone_names_the_key():

@@ -13,7 +13,7 @@ def _raw_with_boxes(head, boxes, scores, labels, size=32):
     for i, (box, score, label) in enumerate(zip(boxes, scores, labels)):
         px, py = points[i]
         ltrb[0, i] = torch.tensor([px - box[0], py - box[1], box[2] - px, box[3] - py])
-        cls[0, i, label] = torch.logit(torch.tensor(score))
+        cls[0, i, label] = torch.logit(torch.tensor(score**2))  # score = sqrt(class prob * centerness)
     return {"det": {"cls_logits": cls, "box_ltrb": ltrb, "centerness": torch.full((1, n_loc), 20.0),
                     "points": points, "point_strides": strides}}
 

@@ -20,8 +20,8 @@ def make_points(shapes: list[tuple[int, int]], strides: list[int], device: torch
     """Location centres (L, 2) in pixels and their strides (L,), levels concatenated finest first."""
     pts, strd = [], []
     for (h, w), s in zip(shapes, strides):
-        ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype), torch.arange(w, device=device, dtype=dtype),
-                                indexing="ij")
+        ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype),
+                                torch.arange(w, device=device, dtype=dtype), indexing="ij")
         pts.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).add(0.5).mul(s))
         strd.append(torch.full((h * w,), float(s), device=device, dtype=dtype))
     return torch.cat(pts), torch.cat(strd)

@@ -1,0 +1,83 @@
+"""The console scripts, run as a user runs them (subprocess, Hydra overrides)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+TINY = ["data.generate.num_train=16", "data.generate.num_val=8", "data.datamodule.batch_size=8",
+        "+model.backbone.dims=[16,32,48,64]", "+model.backbone.depths=[1,1,1,1]", "model.neck.channels=32",
+        "trainer.enable_model_summary=false"]
+
+
+def _run(script, args, tmp_path, timeout=600):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([str(BIN / script), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One short real training run (2 epochs, validated) shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("cli")
+    run_dir = tmp / "run"
+    res = _run("fourm21-train", [*TINY, f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={run_dir}",
+                                 "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1"], tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return tmp, run_dir, res
+
+
+def test_train_writes_the_run_directory(trained_run):
+    _, run_dir, res = trained_run
+    for name in ("report.json", "report.md", "config.yaml", "checkpoints/last.ckpt", "checkpoints/best.ckpt",
+                 "logs/metrics.csv", "loss_curves.png", "confusion_matrix.png", "val_predictions.png"):
+        assert (run_dir / name).is_file(), name
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in ("val/cls/acc", "val/cls/f1_macro", "val/det/map", "val/det/map50", "val/inst/map", "val/inst/map50",
+                "val/sem/miou", "val/sem/dice", "val/sem/pixel_acc", "train/loss", "time/train_s"):
+        assert key in report, key
+        assert 0 <= report[key] < float("inf")
+    assert "val/sem/miou" in res.stdout
+
+
+def test_eval_reproduces_the_training_report(trained_run):
+    tmp, run_dir, _ = trained_run
+    out = tmp / "eval"
+    res = _run("fourm21-eval", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", *TINY[:3],
+                                f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={out}"], tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = json.loads((run_dir / "report.json").read_text())
+    b = json.loads((out / "report.json").read_text())
+    for key in ("val/cls/acc", "val/det/map", "val/inst/map50", "val/sem/miou"):
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+
+
+def test_fast_dev_run_with_overrides_and_vit(tmp_path):
+    res = _run("fourm21-train", ["data.generate.num_train=8", "data.generate.num_val=4", "data.datamodule.batch_size=4",
+                                 "model/backbone=vit_tiny", "+model.backbone.embed_dim=48", "+model.backbone.depth=2",
+                                 "+model.backbone.num_heads=2", "model.neck.channels=32",
+                                 "model.heads.det.strides=[4,8,16]", "trainer.fast_dev_run=true",
+                                 f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "run" / "report.json").is_file()
+
+
+def test_typo_in_override_is_a_clear_hydra_error(tmp_path):
+    res = _run("fourm21-train", ["trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert res.returncode != 0
+    assert "max_epoch" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_user_errors_print_one_line(tmp_path):
+    missing = tmp_path / "missing.ckpt"
+    res = _run("fourm21-eval", [f"ckpt_path={missing}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert res.returncode == 2
+    assert "CheckpointError" in res.stderr and "missing.ckpt" in res.stderr and "Traceback" not in res.stderr
+    res = _run("fourm21-train", ["optim.lr=-1", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path)
+    assert res.returncode == 2 and "optim.lr" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,41 @@
+"""Learning test: the whole network overfits a handful of shapes images to near-perfect outputs.
+
+Scored on the same images it trained on, on purpose: this checks that every head and loss can
+learn, not how well the model generalises (that is the val split's job in training).
+"""
+
+import torch
+
+from fourm21.data.coco import CocoDataset
+from fourm21.data.collate import collate_samples
+from fourm21.data.transforms import build_dense_transform
+from fourm21.losses.multitask import MultiTaskLoss
+from fourm21.metrics.evaluator import MultiTaskEvaluator
+from fourm21.models.multitask import build_model
+from tests.conftest import model_config
+
+
+def test_network_overfits_a_handful_of_images(shapes_root):
+    torch.manual_seed(0)
+    ds = CocoDataset(shapes_root / "images", shapes_root / "annotations/instances_train.json",
+                     build_dense_transform(64, train=False), semantic_dir=shapes_root / "semantic")
+    batch = collate_samples([ds[i] for i in range(8)])
+    model = build_model(model_config())
+    criterion = MultiTaskLoss({"cls": 1.0, "det": 1.0, "inst": 1.0, "sem": 1.0})
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    first = None
+    for _ in range(250):
+        total, _ = criterion(model.loss(model(batch["image"]), batch))
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        first = first if first is not None else total.item()
+    assert total.item() < 0.2 * first
+    model.eval()
+    ev = MultiTaskEvaluator(["cls", "det", "inst", "sem"], ds, num_image_classes=4, num_sem_classes=4)
+    ev.update(model.predict(batch["image"]), batch)
+    m = ev.compute()
+    assert m["cls/acc"] == 1.0
+    assert m["det/map50"] >= 0.9, m
+    assert m["inst/map50"] >= 0.8, m
+    assert m["sem/miou"] >= 0.8, m

@@ -1,0 +1,42 @@
+"""Every config group composes, and the composed model config builds a network."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from fourm21.engine.common import CONFIG_DIR
+from fourm21.models.multitask import build_model
+
+GROUPS = {p.name: sorted(f.stem for f in p.rglob("*.yaml")) for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
+
+
+def _compose(name="train", overrides=()):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def test_there_are_groups():
+    assert {"data", "model", "loss", "optim", "trainer", "callbacks", "logger", "paths"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in ("data", "loss", "optim", "trainer", "callbacks", "logger",
+                                                            "paths") for o in GROUPS[g]])
+def test_every_group_option_composes(group, option):
+    cfg = _compose(overrides=[f"{group}={option}"])
+    OmegaConf.to_container(cfg, resolve=False)
+    assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("backbone", sorted(f.stem for f in (Path(CONFIG_DIR) / "model" / "backbone").glob("*.yaml")))
+def test_every_backbone_builds_the_whole_network(backbone):
+    cfg = _compose(overrides=[f"model/backbone={backbone}"])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model = build_model(model_cfg)
+    assert set(model.heads) == {"cls", "det", "inst", "sem"}
+
+
+def test_eval_config_composes():
+    cfg = _compose("eval", ["ckpt_path=x.ckpt"])
+    assert cfg.ckpt_path == "x.ckpt" and cfg.data.name == "shapes"
