@@ -18,7 +18,7 @@ def _compose(name="train", overrides=()):
 
 
 def test_there_are_groups():
-    assert {"data", "model", "loss", "optim", "trainer", "callbacks", "logger", "paths"} <= set(GROUPS)
+    assert {"data", "model", "loss", "optim", "trainer", "callbacks", "logger", "paths", "experiment"} <= set(GROUPS)
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in ("data", "loss", "optim", "trainer", "callbacks", "logger",
@@ -40,3 +40,11 @@ def test_every_backbone_builds_the_whole_network(backbone):
 def test_eval_config_composes():
     cfg = _compose("eval", ["ckpt_path=x.ckpt"])
     assert cfg.ckpt_path == "x.ckpt" and cfg.data.name == "shapes"
+
+
+@pytest.mark.parametrize("experiment", GROUPS.get("experiment", []))
+def test_every_experiment_composes_and_builds(experiment):
+    cfg = _compose(overrides=[f"experiment={experiment}"])
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
+    enabled = {k for k, h in cfg.model.heads.items() if h.enabled}
+    assert set(model.heads) == enabled

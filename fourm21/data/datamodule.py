@@ -1,34 +1,73 @@
-"""LightningDataModule that builds train/val datasets from config and batches them."""
+"""LightningDataModule: builds the train/val data sets from config and batches them.
+
+One data set, or several (``train`` and ``val`` given as ``{name: factory}``): several training
+sets are mixed batch by batch by ``ratios`` (see ``fourm21.data.mixed``); several val sets are
+validated one after the other, each scored on the tasks its labels cover.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from fourm21.data.collate import collate_samples
+from fourm21.data.mixed import RatioBatchSampler
+
+
+def _as_dict(factories: Any) -> dict[str, Callable[[], Dataset]]:
+    if factories is None:
+        return {}
+    if isinstance(factories, Mapping):
+        return {k: v for k, v in factories.items() if v is not None}
+    return {"main": factories}
 
 
 class MultiTaskDataModule(L.LightningDataModule):
-    """Holds already-configured datasets (built by Hydra) and the loader settings.
+    """``train`` / ``val``: a zero-argument dataset factory (Hydra ``_partial_``) or a dict of them.
 
-    ``prepare`` is an optional callable run once before the datasets are built (the shapes
-    generator); datasets are given as zero-argument factories so generation happens first.
+    ``prepare`` is an optional callable run before the datasets are built (the shapes generator).
+    ``batch_size`` may be a dict per training set; ``ratios`` weights the training sets.
     """
 
-    def __init__(self, train: Any, val: Any, batch_size: int = 32, val_batch_size: int | None = None,
-                 num_workers: int = 0, prepare: Any = None, pin_memory: bool = False) -> None:
+    def __init__(self, train: Any, val: Any, batch_size: int | Mapping[str, int] = 32,
+                 val_batch_size: int | None = None, num_workers: int = 0, prepare: Any = None,
+                 pin_memory: bool = False, ratios: Mapping[str, float] | None = None,
+                 batches_per_epoch: int | None = None, seed: int = 0) -> None:
         super().__init__()
-        self._train_factory = train
-        self._val_factory = val
+        self._train_factories = _as_dict(train)
+        self._val_factories = _as_dict(val)
         self._prepare = prepare
         self.batch_size = batch_size
-        self.val_batch_size = val_batch_size or batch_size
+        self.val_batch_size = val_batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
+        self.ratios = dict(ratios or {})
+        self.batches_per_epoch = batches_per_epoch
+        self.seed = seed
+        self.train_sets: dict[str, Dataset] = {}
+        self.val_sets: dict[str, Dataset] = {}
+
+    def _bs(self, name: str) -> int:
+        return int(self.batch_size[name]) if isinstance(self.batch_size, Mapping) else int(self.batch_size)
+
+    def _val_bs(self, name: str) -> int:
+        if self.val_batch_size:
+            return int(self.val_batch_size)
+        if isinstance(self.batch_size, Mapping):
+            return int(self.batch_size.get(name, max(self.batch_size.values())))
+        return int(self.batch_size)
+
+    @property
+    def train_set(self) -> Dataset | None:
+        return next(iter(self.train_sets.values()), None)
+
+    @property
+    def val_set(self) -> Dataset | None:
+        """The first val set (the only one unless several are configured)."""
+        return next(iter(self.val_sets.values()), None)
 
     def prepare_data(self) -> None:
         if self._prepare is not None:
@@ -37,10 +76,10 @@ class MultiTaskDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._prepare is not None:
             self._prepare()  # idempotent; makes setup() alone enough outside a Trainer
-        if self.train_set is None and stage in (None, "fit"):
-            self.train_set = self._train_factory()
-        if self.val_set is None:
-            self.val_set = self._val_factory()
+        if not self.train_sets and stage in (None, "fit"):
+            self.train_sets = {k: f() for k, f in self._train_factories.items()}
+        if not self.val_sets:
+            self.val_sets = {k: f() for k, f in self._val_factories.items()}
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
@@ -48,7 +87,20 @@ class MultiTaskDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        if len(self.train_sets) == 1:
+            name, ds = next(iter(self.train_sets.items()))
+            return self._loader(ds, self._bs(name), shuffle=True)
+        names = list(self.train_sets)
+        sampler = RatioBatchSampler([len(self.train_sets[n]) for n in names],
+                                    [float(self.ratios.get(n, 1.0)) for n in names],
+                                    [self._bs(n) for n in names], self.batches_per_epoch, self.seed)
+        return DataLoader(ConcatDataset([self.train_sets[n] for n in names]), batch_sampler=sampler,
+                          num_workers=self.num_workers, collate_fn=collate_samples, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.val_batch_size, shuffle=False)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        loaders = [self._loader(ds, self._val_bs(n), shuffle=False) for n, ds in self.val_sets.items()]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self.val_dataloader()

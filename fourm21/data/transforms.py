@@ -94,3 +94,25 @@ def masks_to_boxes_np(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if ok.any():
         boxes[ok] = masks_to_boxes(t[ok]) + torch.tensor([0.0, 0.0, 1.0, 1.0])
     return boxes.numpy(), ok.numpy()
+
+
+def build_classification_transform(img_size: int, train: bool, hflip: float = 0.5, crop_padding: int = 4,
+                                   rotate: float = 0.0, color_jitter: float = 0.0,
+                                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+                                   ) -> A.Compose:
+    """Pipeline for image-level labels only (CIFAR-style): resize, pad-and-crop, flip, rotate, jitter."""
+    ops: list[A.BasicTransform] = [A.Resize(img_size, img_size, interpolation=cv2.INTER_LINEAR)]
+    if train:
+        if crop_padding > 0:
+            ops += [A.PadIfNeeded(img_size + 2 * crop_padding, img_size + 2 * crop_padding,
+                                  border_mode=cv2.BORDER_REFLECT_101),
+                    A.RandomCrop(img_size, img_size)]
+        if hflip > 0:
+            ops.append(A.HorizontalFlip(p=hflip))
+        if rotate > 0:
+            ops.append(A.Rotate(limit=rotate, border_mode=cv2.BORDER_REFLECT_101, p=0.5))
+        if color_jitter > 0:
+            ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                                     hue=min(0.5, color_jitter / 4), p=0.8))
+    ops.append(A.Normalize(mean=tuple(mean), std=tuple(std)))
+    return A.Compose(ops)

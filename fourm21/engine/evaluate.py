@@ -35,16 +35,21 @@ def make_plots(module: MultiTaskModule, datamodule: Any, run_dir: Path) -> list[
     curves = plot_loss_curves(run_dir / "logs" / "metrics.csv", run_dir / "loss_curves.png")
     if curves:
         out.append(curves)
-    val = datamodule.val_set
-    ev = module.evaluator
-    matrix = ev.confusion_matrix() if ev is not None else None
-    if matrix is not None:
-        names = getattr(val, "image_class_names", []) or [str(i) for i in range(len(matrix))]
-        out.append(plot_confusion_matrix(matrix, names, run_dir / "confusion_matrix.png"))
-    if module.last_val_preds is not None:
-        images, preds = module.last_val_preds
-        out.append(plot_prediction_grid(images, preds, getattr(val, "class_names", []),
-                                        getattr(val, "image_class_names", []), run_dir / "val_predictions.png"))
+    val_sets = list(datamodule.val_sets.values())
+    for ds, ev in zip(val_sets, module.evaluators):
+        matrix = ev.confusion_matrix()
+        if matrix is not None:
+            names = getattr(ds, "image_class_names", []) or [str(i) for i in range(len(matrix))]
+            out.append(plot_confusion_matrix(matrix, names, run_dir / "confusion_matrix.png"))
+            break
+    # prefer a val set with boxes for the picture: it shows every head at once
+    order = sorted(module.last_val_preds, key=lambda i: "boxes" not in module.last_val_preds[i][1][0])
+    if order:
+        idx = order[0]
+        images, preds = module.last_val_preds[idx]
+        ds = val_sets[idx] if idx < len(val_sets) else None
+        out.append(plot_prediction_grid(images, preds, getattr(ds, "class_names", []),
+                                        getattr(ds, "image_class_names", []), run_dir / "val_predictions.png"))
     return out
 
 
@@ -59,7 +64,8 @@ def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any
     metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items()}
     metrics["time/eval_s"] = time.time() - t0
     metrics.update(extra or {})
-    notes = {"checkpoint": ckpt_path or "in-memory model", "val images": len(datamodule.val_set)}
+    notes = {"checkpoint": ckpt_path or "in-memory model",
+             "val images": ", ".join(f"{k}: {len(v)}" for k, v in datamodule.val_sets.items())}
     write_report(run_dir, metrics, title=title, notes=notes)
     if plots:
         make_plots(module, datamodule, run_dir)
@@ -72,7 +78,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     module = load_module(cfg.ckpt_path)
     datamodule = instantiate(cfg.data.datamodule)
     datamodule.setup("validate")
-    module.build_evaluator(datamodule.val_set)
+    module.build_evaluators(datamodule.val_sets)
     trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(run_dir), enable_checkpointing=False)
     metrics = evaluate_module(trainer, module, datamodule, run_dir, extra=None, plots=cfg.plots)
     print_summary(metrics, run_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -10,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fourm21.losses.multitask import MultiTaskLoss
-from fourm21.metrics.evaluator import MultiTaskEvaluator
+from fourm21.metrics.evaluator import MultiTaskEvaluator, selection_score
 from fourm21.models.multitask import MultiTaskNet, build_model
 
 
@@ -27,8 +28,10 @@ class MultiTaskModule(L.LightningModule):
         self.model: MultiTaskNet = build_model(OmegaConf.create(model))
         self.criterion = MultiTaskLoss(**loss)
         self.optim_cfg = dict(optim)
-        self.evaluator: MultiTaskEvaluator | None = None
-        self.last_val_preds: tuple[torch.Tensor, list[dict]] | None = None
+        self.evaluators: list[MultiTaskEvaluator] = []
+        self.val_set_names: list[str] = []
+        # first val batch's images and predictions per val loader, for the plots
+        self.last_val_preds: dict[int, tuple[torch.Tensor, list[dict]]] = {}
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> MultiTaskModule:
@@ -55,40 +58,57 @@ class MultiTaskModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and getattr(dm, "val_set", None) is not None:
-            self.build_evaluator(dm.val_set)
+        if dm is not None and getattr(dm, "val_sets", None):
+            self.build_evaluators(dm.val_sets)
 
-    def build_evaluator(self, dataset: Any) -> None:
+    def build_evaluators(self, val_sets: Mapping[str, Any] | Any) -> None:
+        """One evaluator per val set (in val-loader order); each scores the tasks its labels cover."""
+        sets = dict(val_sets) if isinstance(val_sets, Mapping) else {"main": val_sets}
         heads = self.model.heads
-        self.evaluator = MultiTaskEvaluator(
-            list(heads), dataset,
+        self.evaluators = [MultiTaskEvaluator(
+            list(heads), ds,
             num_image_classes=heads["cls"].num_classes if "cls" in heads else 0,
             num_sem_classes=heads["sem"].num_classes if "sem" in heads else 0,
-            mask_thr=heads["inst"].mask_thr if "inst" in heads else 0.5)
+            mask_thr=heads["inst"].mask_thr if "inst" in heads else 0.5) for ds in sets.values()]
+        self.val_set_names = list(sets)
+        self.last_val_preds = {}
+
+    @property
+    def evaluator(self) -> MultiTaskEvaluator | None:
+        return self.evaluators[0] if self.evaluators else None
 
     def on_validation_epoch_start(self) -> None:
-        if self.evaluator is not None:
-            self.evaluator.reset()
+        for ev in self.evaluators:
+            ev.reset()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        _, outputs = self._step(batch, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        outputs = self.model(batch["image"])
+        total, logs = self.criterion(self.model.loss(outputs, batch))
+        logs.pop("loss")
+        if len(self.evaluators) <= 1:
+            logs["loss"] = total.detach()  # a total over different task sets would mix unlike things
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=batch["image"].shape[0], on_epoch=True,
+                      add_dataloader_idx=False)
         preds = self.model.postprocess(outputs, tuple(batch["image"].shape[-2:]))
-        if self.evaluator is not None:
-            self.evaluator.update(preds, batch)
+        if dataloader_idx < len(self.evaluators):
+            self.evaluators[dataloader_idx].update(preds, batch)
         if batch_idx == 0:
-            self.last_val_preds = (batch["image"][:8].cpu(), [{k: v.cpu() for k, v in p.items()} for p in preds[:8]])
+            self.last_val_preds[dataloader_idx] = (batch["image"][:8].cpu(),
+                                                   [{k: v.cpu() for k, v in p.items()} for p in preds[:8]])
 
     def on_validation_epoch_end(self) -> None:
-        if self.evaluator is None or self.trainer.sanity_checking:
+        if not self.evaluators or self.trainer.sanity_checking:
             return
-        metrics = self.evaluator.compute()
-        score = metrics.pop("score", None)
+        metrics: dict[str, float] = {}
+        for ev in self.evaluators:
+            metrics.update(ev.compute())
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=False)
+        score = selection_score(metrics)
         if score is not None:
             self.log("val/score", score, prog_bar=True)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
 
     def configure_optimizers(self) -> dict:
         """AdamW without weight decay on norms, biases and loss weights; linear warm-up then cosine, per step."""

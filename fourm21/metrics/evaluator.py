@@ -68,12 +68,15 @@ class MultiTaskEvaluator:
             if "inst" in self.tasks:
                 out.update({f"inst/{k}": v for k, v in coco_evaluate(self.coco_gt, self.results, self.image_ids,
                                                                       "segm").items()})
-        main = [out[f"{t}/{m}"] for t, m in MAIN_METRICS.items() if f"{t}/{m}" in out]
-        if main:
-            out["score"] = sum(main) / len(main)
         return out
 
     def confusion_matrix(self) -> torch.Tensor | None:
         if self.cls is None or not self.cls.count:
             return None
         return self.cls.confusion.compute()
+
+
+def selection_score(metrics: dict[str, float]) -> float | None:
+    """Mean of each present task's main metric (``MAIN_METRICS``): one number to pick the best checkpoint."""
+    main = [metrics[f"{t}/{m}"] for t, m in MAIN_METRICS.items() if f"{t}/{m}" in metrics]
+    return sum(main) / len(main) if main else None

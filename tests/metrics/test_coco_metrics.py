@@ -6,7 +6,7 @@ import torch
 from fourm21.data.coco import CocoDataset
 from fourm21.data.collate import collate_samples
 from fourm21.data.transforms import build_dense_transform
-from fourm21.metrics.evaluator import MultiTaskEvaluator
+from fourm21.metrics.evaluator import MultiTaskEvaluator, selection_score
 
 
 def _perfect_preds(batch, num_classes):
@@ -37,7 +37,7 @@ def test_perfect_predictions_score_one(shapes_root, img_size):
     assert m["det/map50"] == pytest.approx(1.0) and m["det/map"] > 0.95
     assert m["inst/map50"] == pytest.approx(1.0) and m["inst/map"] > 0.9
     assert m["sem/miou"] == pytest.approx(1.0) and m["sem/pixel_acc"] == 1.0 and m["sem/dice"] == pytest.approx(1.0)
-    assert m["score"] == pytest.approx((1.0 + m["det/map"] + m["inst/map"] + 1.0) / 4)
+    assert selection_score(m) == pytest.approx((1.0 + m["det/map"] + m["inst/map"] + 1.0) / 4)
 
 
 def test_wrong_predictions_score_low(shapes_root):
@@ -63,7 +63,7 @@ def test_empty_predictions_give_zero_not_an_error(shapes_root):
              "mask_probs": torch.zeros(0, 64, 64), "masks": torch.zeros(0, 64, 64, dtype=torch.bool)}
     ev.update([empty, empty], batch)
     assert ev.compute() == {"det/map": 0.0, "det/map50": 0.0, "det/map75": 0.0, "inst/map": 0.0,
-                            "inst/map50": 0.0, "inst/map75": 0.0, "score": 0.0}
+                            "inst/map50": 0.0, "inst/map75": 0.0}
 
 
 def test_report_files(tmp_path):
