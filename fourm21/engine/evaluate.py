@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, setup_runtime
 from fourm21.engine.lightning_module import MultiTaskModule
 from fourm21.errors import CheckpointError
-from fourm21.metrics.plots import plot_confusion_matrix, plot_loss_curves, plot_prediction_grid
-from fourm21.metrics.report import write_report
+from fourm21.metrics.plots import plot_confusion_matrix, plot_loss_curves, plot_pr_curves, plot_prediction_grid
+from fourm21.metrics.report import per_class_markdown, write_report
 
 
 def load_module(ckpt_path: str | Path) -> MultiTaskModule:
@@ -30,7 +30,7 @@ def load_module(ckpt_path: str | Path) -> MultiTaskModule:
 
 
 def make_plots(module: MultiTaskModule, datamodule: Any, run_dir: Path) -> list[Path]:
-    """Loss curves (if a CSV log is there), confusion matrix and a grid of val predictions."""
+    """Loss curves (if a CSV log is there), confusion matrix, precision-recall curves, a grid of predictions."""
     out = []
     curves = plot_loss_curves(run_dir / "logs" / "metrics.csv", run_dir / "loss_curves.png")
     if curves:
@@ -42,6 +42,10 @@ def make_plots(module: MultiTaskModule, datamodule: Any, run_dir: Path) -> list[
             names = getattr(ds, "image_class_names", []) or [str(i) for i in range(len(matrix))]
             out.append(plot_confusion_matrix(matrix, names, run_dir / "confusion_matrix.png"))
             break
+    pr = plot_pr_curves(module.evaluators, [getattr(ds, "image_class_names", []) for ds in val_sets],
+                        run_dir / "pr_curves.png")
+    if pr:
+        out.append(pr)
     # prefer a val set with boxes for the picture: it shows every head at once
     order = sorted(module.last_val_preds, key=lambda i: "boxes" not in module.last_val_preds[i][1][0])
     if order:
@@ -54,19 +58,34 @@ def make_plots(module: MultiTaskModule, datamodule: Any, run_dir: Path) -> list[
 
 
 def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any, run_dir: Path,
-                    ckpt_path: str | None = None, extra: dict[str, Any] | None = None,
-                    plots: bool = True, title: str = "fourm21 evaluation") -> dict[str, float]:
-    """Run validation, write report.json / report.md (+ plots) into ``run_dir``; returns the report."""
+                    ckpt_path: str | None = None, extra: dict[str, Any] | None = None, plots: bool = True,
+                    title: str = "fourm21 evaluation", stage: str = "val") -> dict[str, float]:
+    """Validate; write report.json / report.md, predictions/{bbox,segm}.json and plots into ``run_dir``.
+
+    The same function ends every training run and every ``fourm21-eval``, so both reports share one
+    format. ``stage`` names the split in the keys (``val/...`` or ``test/...``).
+    """
     t0 = time.time()
     results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
-    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()
+    merged: dict[str, float] = {}
+    for r in results:
+        merged.update({k: float(v) for k, v in r.items()})
+    metrics = {f"{stage}/{k.removeprefix('val/').removesuffix('_epoch')}": v for k, v in merged.items()
                if k.startswith("val/") and not k.endswith("_step")}
-    metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items()}
-    metrics["time/eval_s"] = time.time() - t0
+    metrics.update({f"{stage}/{k}": v for k, v in module.last_metrics.items()})
+    metrics[f"time/{stage}_s"] = time.time() - t0
     metrics.update(extra or {})
+    names = list(datamodule.val_sets)
+    sections = {}
+    for name, ds, ev in zip(names, datamodule.val_sets.values(), module.evaluators):
+        prefix = "" if len(names) == 1 else f"{name}_"
+        ev.write_predictions(run_dir / "predictions", prefix)
+        if ev.cls is not None and ev.cls.count:
+            sections[f"Per-class classification ({name})"] = per_class_markdown(
+                ev.cls.per_class_table(), getattr(ds, "image_class_names", []))
     notes = {"checkpoint": ckpt_path or "in-memory model",
-             "val images": ", ".join(f"{k}: {len(v)}" for k, v in datamodule.val_sets.items())}
-    write_report(run_dir, metrics, title=title, notes=notes)
+             f"{stage} images": ", ".join(f"{k}: {len(v)}" for k, v in datamodule.val_sets.items())}
+    write_report(run_dir, metrics, title=title, notes=notes, sections=sections)
     if plots:
         make_plots(module, datamodule, run_dir)
     return metrics
@@ -80,13 +99,14 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("validate")
     module.build_evaluators(datamodule.val_sets)
     trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(run_dir), enable_checkpointing=False)
-    metrics = evaluate_module(trainer, module, datamodule, run_dir, extra=None, plots=cfg.plots)
+    metrics = evaluate_module(trainer, module, datamodule, run_dir, extra=None, plots=cfg.plots,
+                              stage=cfg.get("stage", "val"), title=f"fourm21 evaluation of {cfg.ckpt_path}")
     print_summary(metrics, run_dir)
     return metrics
 
 
 def print_summary(metrics: dict[str, float], run_dir: Path) -> None:
-    shown = {k: v for k, v in metrics.items() if k.startswith("val/") and not k.endswith("loss")}
+    shown = {k: v for k, v in metrics.items() if k.split("/")[0] in ("val", "test") and "loss" not in k}
     print("\n".join(f"  {k:<24} {v:.4f}" for k, v in shown.items()))
     print(f"report: {run_dir / 'report.json'}")
 

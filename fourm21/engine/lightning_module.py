@@ -32,6 +32,7 @@ class MultiTaskModule(L.LightningModule):
         self.val_set_names: list[str] = []
         # first val batch's images and predictions per val loader, for the plots
         self.last_val_preds: dict[int, tuple[torch.Tensor, list[dict]]] = {}
+        self.last_metrics: dict[str, float] = {}
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> MultiTaskModule:
@@ -102,6 +103,7 @@ class MultiTaskModule(L.LightningModule):
         metrics: dict[str, float] = {}
         for ev in self.evaluators:
             metrics.update(ev.compute())
+        self.last_metrics = dict(metrics)  # exact values: Lightning's logged copies are float32
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=False)
         score = selection_score(metrics)
         if score is not None:

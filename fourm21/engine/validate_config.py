@@ -19,7 +19,17 @@ def check_config(cfg: DictConfig) -> None:
     if img_size is not None and img_size % max_stride:
         raise ConfigError(f"data.img_size: {img_size} is not a multiple of the largest stride {max_stride}")
     dm = cfg.data.get("datamodule") or {}
-    if "batch_size" in dm and int(dm.batch_size) < 1:
-        raise ConfigError(f"data.datamodule.batch_size: must be >= 1, got {dm.batch_size}")
+    sizes = dm.get("batch_size", 1)
+    for key, size in (sizes.items() if isinstance(sizes, DictConfig) else [("", sizes)]):
+        if not isinstance(size, int) or size < 1:
+            name = "data.datamodule.batch_size" + (f".{key}" if key else "")
+            raise ConfigError(f"{name}: must be an integer >= 1, got {size!r}")
     if int(cfg.trainer.get("max_epochs", 1) or 1) < 1:
         raise ConfigError(f"trainer.max_epochs: must be >= 1, got {cfg.trainer.max_epochs}")
+    for name, head in heads.items():
+        if head is None or not head.get("enabled", True):
+            continue
+        if "num_classes" in head and int(head.num_classes) < 1:
+            raise ConfigError(f"model.heads.{name}.num_classes is {head.num_classes}: data '{cfg.data.get('name')}' "
+                              f"has no labels for this head; disable it (model.heads.{name}.enabled=false) "
+                              f"or pick an experiment made for this data (e.g. experiment={cfg.data.get('name')})")

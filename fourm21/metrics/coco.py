@@ -50,21 +50,34 @@ def predictions_to_coco(pred: dict[str, torch.Tensor], meta: dict, cat_ids: list
     return results
 
 
-def coco_evaluate(coco_gt: COCO, results: list[dict], image_ids: list[int], iou_type: str) -> dict[str, float]:
-    """AP@[.5:.95] (``map``), AP@.5 (``map50``), AP@.75 (``map75``) for ``iou_type`` 'bbox' or 'segm'."""
+# The 12 numbers COCOeval.summarize() prints, in its order.
+STAT_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
+              "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
+
+
+def results_for(results: list[dict], iou_type: str) -> list[dict]:
+    """The entries of one COCO results file: 'bbox' drops masks; 'segm' drops boxes so that loadRes takes
+    each detection's area from its mask, as COCOeval's area ranges expect (detectron2 does the same)."""
     if iou_type == "segm":
-        # Without 'bbox', loadRes takes area from the mask, as COCOeval's area ranges expect (as detectron2 does).
-        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results if "segmentation" in r]
-    else:
-        results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+        return [{k: v for k, v in r.items() if k != "bbox"} for r in results if "segmentation" in r]
+    return [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+
+
+def coco_evaluate(coco_gt: COCO, results: list[dict], image_ids: list[int], iou_type: str
+                  ) -> tuple[dict[str, float], COCOeval | None]:
+    """COCOeval's 12 stats (``STAT_NAMES``) for ``iou_type`` 'bbox' or 'segm', and the COCOeval object.
+
+    ``results`` are COCO results entries (as written to bbox.json / segm.json); stats where COCOeval
+    has no ground truth (it writes -1) are reported as 0.
+    """
+    results = results_for(results, iou_type)
     if not results:
-        return {"map": 0.0, "map50": 0.0, "map75": 0.0}
+        return {k: 0.0 for k in STAT_NAMES}, None
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])
         ev = COCOeval(coco_gt, coco_dt, iou_type)
         ev.params.imgIds = sorted(set(image_ids))
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    stats = [max(float(s), 0.0) for s in ev.stats[:3]]  # COCOeval writes -1 where no ground truth exists
-    return {"map": stats[0], "map50": stats[1], "map75": stats[2]}
+    return {k: max(float(v), 0.0) for k, v in zip(STAT_NAMES, ev.stats)}, ev

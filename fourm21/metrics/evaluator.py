@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fourm21.metrics.classification import ClassificationMetrics
-from fourm21.metrics.coco import coco_evaluate, predictions_to_coco
+from fourm21.metrics.coco import coco_evaluate, predictions_to_coco, results_for
 from fourm21.metrics.segmentation import SegmentationMetrics
 
 # The metric each task contributes to the single model-selection score ``score``.
 MAIN_METRICS = {"cls": "acc", "det": "map", "inst": "map", "sem": "miou"}
+COCO_TASKS = {"det": "bbox", "inst": "segm"}
 
 
 class MultiTaskEvaluator:
     """``update`` per batch with decoded predictions; ``compute`` returns e.g. ``{"cls/acc": ..., "det/map50": ...}``.
 
     ``dataset`` is the evaluation data set: its ``coco`` ground truth (if any) is used by COCOeval,
-    its ``cat_ids`` map contiguous labels back to the data set's category ids.
+    its ``cat_ids`` map contiguous labels back to the data set's category ids. Only tasks whose
+    targets the data set carries produce metrics.
     """
 
     def __init__(self, tasks: list[str], dataset: Any, num_image_classes: int = 0, num_sem_classes: int = 0,
@@ -29,11 +33,13 @@ class MultiTaskEvaluator:
         self.mask_thr = mask_thr
         self.cls = ClassificationMetrics(num_image_classes) if "cls" in tasks and num_image_classes else None
         self.sem = SegmentationMetrics(num_sem_classes) if "sem" in tasks and num_sem_classes else None
+        self.coco_evals: dict[str, Any] = {}
         self.reset()
 
     def reset(self) -> None:
         self.results: list[dict] = []
         self.image_ids: list[int] = []
+        self.coco_evals = {}
         if self.cls:
             self.cls.reset()
         if self.sem:
@@ -43,7 +49,8 @@ class MultiTaskEvaluator:
         if self.cls is not None and "class_label" in preds[0]:
             has = batch["has_label"].cpu()
             pred = torch.stack([p["class_label"] for p in preds]).cpu()
-            self.cls.update(pred[has], batch["label"].cpu()[has])
+            probs = torch.stack([p["class_probs"] for p in preds]).cpu()
+            self.cls.update(pred[has], batch["label"].cpu()[has], probs[has])
         if self.sem is not None and "semantic" in preds[0]:
             has = batch["has_semantic"].cpu()
             pred = torch.stack([p["semantic"] for p in preds]).cpu()
@@ -62,18 +69,31 @@ class MultiTaskEvaluator:
         if self.sem is not None:
             out.update({f"sem/{k}": v for k, v in self.sem.compute().items()})
         if self.coco_gt is not None and self.image_ids:
-            if "det" in self.tasks:
-                out.update({f"det/{k}": v for k, v in coco_evaluate(self.coco_gt, self.results, self.image_ids,
-                                                                     "bbox").items()})
-            if "inst" in self.tasks:
-                out.update({f"inst/{k}": v for k, v in coco_evaluate(self.coco_gt, self.results, self.image_ids,
-                                                                      "segm").items()})
+            for task, iou_type in COCO_TASKS.items():
+                if task in self.tasks:
+                    stats, ev = coco_evaluate(self.coco_gt, self.results, self.image_ids, iou_type)
+                    self.coco_evals[task] = ev
+                    out.update({f"{task}/{k}": v for k, v in stats.items()})
         return out
 
     def confusion_matrix(self) -> torch.Tensor | None:
         if self.cls is None or not self.cls.count:
             return None
         return self.cls.confusion.compute()
+
+    def write_predictions(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
+        """COCO results files (``bbox.json``, ``segm.json``) exactly as COCOeval scored them."""
+        if self.coco_gt is None or not self.image_ids:
+            return []
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for task, iou_type in COCO_TASKS.items():
+            if task in self.tasks:
+                path = out_dir / f"{prefix}{iou_type}.json"
+                path.write_text(json.dumps(results_for(self.results, iou_type)))
+                written.append(path)
+        return written
 
 
 def selection_score(metrics: dict[str, float]) -> float | None:

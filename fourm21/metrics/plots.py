@@ -134,3 +134,39 @@ def plot_prediction_grid(images: torch.Tensor, preds: list[dict[str, torch.Tenso
     fig.savefig(out_file, dpi=130)
     plt.close(fig)
     return Path(out_file)
+
+
+def plot_pr_curves(evaluators: list, class_names_per_set: list[Sequence[str]], out_file: str | Path) -> Path | None:
+    """Precision-recall: boxes and masks (COCOeval, IoU 0.5 and 0.75, all areas, mean over classes)
+    and image classes (one-vs-rest, torchmetrics)."""
+    panels = []
+    for ev, names in zip(evaluators, class_names_per_set):
+        for task, coco_ev in ev.coco_evals.items():
+            if coco_ev is not None:
+                panels.append(("coco", task, coco_ev, names))
+        if ev.cls is not None and ev.cls.count:
+            panels.append(("cls", "cls", ev.cls, names))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False)
+    recall_grid = np.linspace(0, 1, 101)
+    for ax, (kind, task, obj, names) in zip(axes.flat, panels):
+        if kind == "coco":
+            prec = obj.eval["precision"]  # (T, R, K, A, M)
+            for t_idx, iou in ((0, 0.5), (5, 0.75)):
+                p = prec[t_idx, :, :, 0, -1]
+                valid = (p > -1).all(0)
+                if valid.any():
+                    ax.plot(recall_grid, p[:, valid].mean(1), label=f"IoU {iou}")
+            ax.set_title(f"{'boxes' if task == 'det' else 'masks'}: precision-recall (mean over classes)", fontsize=9)
+        else:
+            precision, recall, _ = obj.pr_curve.compute()
+            for k, (pk, rk) in enumerate(zip(precision, recall)):
+                ax.plot(rk.numpy(), pk.numpy(), lw=0.9, label=names[k] if k < len(names) else str(k))
+            ax.set_title("image classes: precision-recall", fontsize=9)
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=110)
+    plt.close(fig)
+    return Path(out_file)

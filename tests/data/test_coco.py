@@ -30,6 +30,9 @@ def tiny_coco(tmp_path):
              "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]]},
             {"id": 2, "image_id": 7, "category_id": 3, "bbox": [40, 30, 18, 8], "area": 144, "iscrowd": 1,
              "segmentation": rle},
+            # one object in two parts (an occluded car): a list of two polygons
+            {"id": 3, "image_id": 7, "category_id": 3, "bbox": [2, 20, 30, 10], "area": 120, "iscrowd": 0,
+             "segmentation": [[2, 20, 10, 20, 10, 30, 2, 30], [24, 20, 32, 20, 32, 30, 24, 30]]},
         ],
         "categories": [{"id": 3, "name": "car"}, {"id": 18, "name": "dog"}],
     }
@@ -44,10 +47,14 @@ def test_reads_polygons_maps_ids_and_skips_crowd(tiny_coco):
     assert ds.cat_ids == [3, 18] and ds.class_names == ["car", "dog"]
     s = ds[0]
     assert s["image"].shape == (3, 64, 64)
-    assert s["box_labels"].tolist() == [1]  # dog -> contiguous 1; the crowd car is not a training target
+    assert s["box_labels"].tolist() == [1, 0]  # dog -> 1, car -> 0; the crowd car is not a training target
     scale = 64 / 60
     np.testing.assert_allclose(s["boxes"][0].numpy(), np.array([10, 5, 31, 16]) * scale, atol=scale * 1.5)
-    assert s["masks"].shape == (1, 64, 64) and s["masks"][0].sum() > 150
+    assert s["masks"].shape == (2, 64, 64) and s["masks"][0].sum() > 150
+    two_parts = s["masks"][1].numpy()
+    cols = np.nonzero(two_parts.any(0))[0]
+    assert len(np.split(cols, np.nonzero(np.diff(cols) > 1)[0] + 1)) == 2  # both parts, with the gap between
+    np.testing.assert_allclose(s["boxes"][1].numpy(), np.array([2, 20, 33, 31]) * scale, atol=scale * 1.5)
     assert s["meta"]["scale"] == pytest.approx(scale)
     sem = s["semantic"]
     assert (sem[s["masks"][0]] == 2).float().mean() > 0.9  # semantic id = contiguous + 1

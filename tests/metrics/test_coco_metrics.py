@@ -2,10 +2,13 @@ import json
 
 import pytest
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from fourm21.data.coco import CocoDataset
 from fourm21.data.collate import collate_samples
 from fourm21.data.transforms import build_dense_transform
+from fourm21.metrics.coco import STAT_NAMES
 from fourm21.metrics.evaluator import MultiTaskEvaluator, selection_score
 
 
@@ -62,8 +65,36 @@ def test_empty_predictions_give_zero_not_an_error(shapes_root):
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0),
              "mask_probs": torch.zeros(0, 64, 64), "masks": torch.zeros(0, 64, 64, dtype=torch.bool)}
     ev.update([empty, empty], batch)
-    assert ev.compute() == {"det/map": 0.0, "det/map50": 0.0, "det/map75": 0.0, "inst/map": 0.0,
-                            "inst/map50": 0.0, "inst/map75": 0.0}
+    m = ev.compute()
+    assert set(m) == {f"{t}/{k}" for t in ("det", "inst") for k in STAT_NAMES}
+    assert all(v == 0.0 for v in m.values())
+
+
+def test_report_equals_pycocotools_on_the_written_json(shapes_root, tmp_path):
+    """Parity: the numbers in the report are exactly what pycocotools gives on predictions/{bbox,segm}.json."""
+    ds = CocoDataset(shapes_root / "images", shapes_root / "annotations/instances_val.json",
+                     build_dense_transform(96, train=False), semantic_dir=shapes_root / "semantic")
+    ev = MultiTaskEvaluator(["det", "inst"], ds)
+    batch = collate_samples([ds[i] for i in range(len(ds))])
+    preds = _perfect_preds(batch, 3)
+    g = torch.Generator().manual_seed(0)
+    for p in preds:  # imperfect predictions, so the stats are not all 1
+        p["boxes"] = p["boxes"] + torch.randn(p["boxes"].shape, generator=g) * 3
+        p["scores"] = torch.rand(len(p["scores"]), generator=g)
+        p["mask_probs"] = torch.roll(p["mask_probs"], shifts=2, dims=2)
+    ev.update(preds, batch)
+    m = ev.compute()
+    assert 0.05 < m["det/map"] < 0.95
+    bbox, segm = ev.write_predictions(tmp_path / "predictions")
+    for path, iou_type, task in ((bbox, "bbox", "det"), (segm, "segm", "inst")):
+        gt = COCO(str(shapes_root / "annotations/instances_val.json"))
+        dt = gt.loadRes(str(path))
+        ref = COCOeval(gt, dt, iou_type)
+        ref.evaluate()
+        ref.accumulate()
+        ref.summarize()
+        for name, value in zip(STAT_NAMES, ref.stats):
+            assert m[f"{task}/{name}"] == pytest.approx(max(value, 0.0), abs=1e-12), (task, name)
 
 
 def test_report_files(tmp_path):
