@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,29 @@ def model_config(backbone: dict | None = None, **head_overrides) -> dict:
     for key, value in head_overrides.items():
         OmegaConf.update(merged, f"model.{key}", value)
     return OmegaConf.to_container(merged.model, resolve=True)
+
+
+BIN = Path(sys.executable).parent
+TINY = ["data.generate.num_train=16", "data.generate.num_val=8", "data.datamodule.batch_size=8",
+        "+model.backbone.dims=[16,32,48,64]", "+model.backbone.depths=[1,1,1,1]", "model.neck.channels=32",
+        "trainer.enable_model_summary=false"]
+
+
+def run_cli(script: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a console script as a user would; returns the finished process (output captured)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([str(BIN / script), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One short real training run through the CLI (2 epochs on tiny shapes, validated every epoch).
+
+    Returns (work dir, run dir); the run dir holds checkpoints/{best,last}.ckpt and the report."""
+    tmp = tmp_path_factory.mktemp("cli")
+    run_dir = tmp / "run"
+    res = run_cli("fourm21-train", [*TINY, f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={run_dir}",
+                                    "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1"], tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return tmp, run_dir, res

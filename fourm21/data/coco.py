@@ -21,6 +21,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from fourm21.data.images import read_image
 from fourm21.data.sample import IGNORE_INDEX, Sample
 from fourm21.data.transforms import apply_dense_transform
 from fourm21.errors import DatasetError
@@ -76,11 +77,7 @@ class CocoDataset(Dataset):
             return self._cache[image_id]
         info = self.coco.imgs[image_id]
         path = self.img_dir / info["file_name"]
-        try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise DatasetError(f"cannot read image {path}: {e}") from None
+        image = read_image(path)
         h, w = image.shape[:2]
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
         boxes, labels, masks = [], [], []

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.metrics.evaluator import MultiTaskEvaluator, selection_score
 from fourm21.models.multitask import MultiTaskNet, build_model
@@ -22,9 +23,11 @@ class MultiTaskModule(L.LightningModule):
     rebuilds the exact network without the original config files.
     """
 
-    def __init__(self, model: dict, loss: dict, optim: dict) -> None:
+    def __init__(self, model: dict, loss: dict, optim: dict, meta: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # what inference needs besides weights: input size, normalisation, class names (filled in setup)
+        self.hparams.meta = dict(meta or {})
         self.model: MultiTaskNet = build_model(OmegaConf.create(model))
         self.criterion = MultiTaskLoss(**loss)
         self.optim_cfg = dict(optim)
@@ -37,7 +40,9 @@ class MultiTaskModule(L.LightningModule):
     @classmethod
     def from_config(cls, cfg: DictConfig) -> MultiTaskModule:
         to = lambda c: OmegaConf.to_container(c, resolve=True)  # noqa: E731
-        return cls(model=to(cfg.model), loss=to(cfg.loss), optim=to(cfg.optim))
+        meta = {"img_size": cfg.data.get("img_size"), "data": cfg.data.get("name"),
+                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+        return cls(model=to(cfg.model), loss=to(cfg.loss), optim=to(cfg.optim), meta=meta)
 
     def forward(self, images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
         return self.model(images)
@@ -61,6 +66,10 @@ class MultiTaskModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and getattr(dm, "val_sets", None):
             self.build_evaluators(dm.val_sets)
+            for key in ("class_names", "image_class_names", "cat_ids"):
+                names = next((list(getattr(ds, key)) for ds in dm.val_sets.values() if getattr(ds, key, None)), None)
+                if names and not self.hparams.meta.get(key):
+                    self.hparams.meta[key] = names
 
     def build_evaluators(self, val_sets: Mapping[str, Any] | Any) -> None:
         """One evaluator per val set (in val-loader order); each scores the tasks its labels cover."""

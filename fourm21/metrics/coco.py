@@ -14,7 +14,8 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torch.nn import functional as F
+
+from fourm21.data.geometry import unletterbox
 
 
 def predictions_to_coco(pred: dict[str, torch.Tensor], meta: dict, cat_ids: list[int],
@@ -22,21 +23,14 @@ def predictions_to_coco(pred: dict[str, torch.Tensor], meta: dict, cat_ids: list
     """One image's decoded predictions -> COCO results entries (bbox, score, and segmentation if masks)."""
     if "boxes" not in pred or len(pred["boxes"]) == 0:
         return []
-    h, w = meta["orig_size"]
-    scale = float(meta.get("scale", 1.0))
-    boxes = (pred["boxes"].float().cpu() / scale).numpy()
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+    pred = unletterbox({k: v for k, v in pred.items() if k != "semantic"}, meta["orig_size"],
+                       float(meta.get("scale", 1.0)), mask_thr)
+    boxes = pred["boxes"].cpu().numpy()
     scores = pred["scores"].float().cpu().numpy()
     labels = pred["labels"].cpu().numpy()
     rles = None
-    if "mask_probs" in pred:
-        probs = pred["mask_probs"].float()
-        vh, vw = round(h * scale), round(w * scale)  # the part of the letterboxed input that is image
-        probs = probs[:, :vh, :vw]
-        if (vh, vw) != (h, w):
-            probs = F.interpolate(probs[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-        binary = (probs > mask_thr).cpu().numpy().astype(np.uint8)
+    if "masks" in pred:
+        binary = pred["masks"].cpu().numpy().astype(np.uint8)
         rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
     results = []
     for i in range(len(scores)):

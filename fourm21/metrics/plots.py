@@ -95,9 +95,15 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
 
 
 def draw_prediction(ax: plt.Axes, image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
-                    image_class_names: Sequence[str] = (), score_thr: float = 0.3) -> None:
-    """Image with coloured instance masks, boxes labelled with class and score, and the image class."""
+                    image_class_names: Sequence[str] = (), score_thr: float = 0.3, semantic: bool = False,
+                    topk: bool = False) -> None:
+    """Image with coloured instance masks, boxes labelled with class and score, and the image class
+    (with ``topk``: its top-5 probabilities); ``semantic`` tints each pixel by its semantic class."""
     shown = image.copy()
+    if semantic and "semantic" in pred:
+        sem = pred["semantic"].cpu().numpy()
+        fg = (sem > 0) & (sem != 255)
+        shown[fg] = 0.6 * shown[fg] + 0.4 * PALETTE[(sem[fg] - 1) % len(PALETTE)]
     keep = (pred["scores"] >= score_thr).cpu() if "scores" in pred else torch.zeros(0, dtype=torch.bool)
     if "masks" in pred:
         for k, mask in enumerate(pred["masks"].cpu()[keep]):
@@ -113,10 +119,32 @@ def draw_prediction(ax: plt.Axes, image: np.ndarray, pred: dict[str, torch.Tenso
             ax.text(x0, y0, f"{name} {float(score):.2f}", fontsize=6, color="white",
                     bbox={"facecolor": colour, "alpha": 0.8, "pad": 0.5, "lw": 0})
     if "class_label" in pred:
-        k = int(pred["class_label"])
-        name = image_class_names[k] if k < len(image_class_names) else str(k)
-        ax.set_title(f"{name} ({float(pred['class_probs'][k]):.2f})", fontsize=8)
+        def label(k: int) -> str:
+            return image_class_names[k] if k < len(image_class_names) else str(k)
+        if topk and "class_topk" in pred:
+            text = ", ".join(f"{label(int(k))} {float(p):.2f}"
+                             for k, p in zip(pred["class_topk"], pred["class_topk_probs"]))
+            ax.set_title(text, fontsize=8)
+        else:
+            k = int(pred["class_label"])
+            ax.set_title(f"{label(k)} ({float(pred['class_probs'][k]):.2f})", fontsize=8)
     ax.axis("off")
+
+
+def save_overlay(image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
+                 image_class_names: Sequence[str], out_file: str | Path, score_thr: float = 0.3,
+                 semantic: bool = False) -> Path:
+    """One image's predictions drawn at its own size (uint8 RGB input), as a PNG."""
+    h, w = image.shape[:2]
+    zoom = max(1.0, 400 / max(h, w))  # small images are enlarged to ~400 px on the long side
+    fig_h = h * zoom / 100 + 0.35
+    fig = plt.figure(figsize=(w * zoom / 100, fig_h), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1 - 0.35 / fig_h))
+    draw_prediction(ax, image.astype(np.float32) / 255.0, pred, class_names, image_class_names, score_thr,
+                    semantic=semantic, topk=True)
+    fig.savefig(out_file)
+    plt.close(fig)
+    return Path(out_file)
 
 
 def plot_prediction_grid(images: torch.Tensor, preds: list[dict[str, torch.Tensor]], class_names: Sequence[str],

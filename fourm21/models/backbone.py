@@ -75,7 +75,16 @@ class TimmBackbone(nn.Module):
         except RuntimeError as e:
             if "Unknown model" in str(e):
                 raise ConfigError(f"model.backbone.name: timm has no model '{name}'") from None
-            raise
+            if not pretrained:
+                raise
+            raise CheckpointError(f"backbone '{name}': pretrained weights unavailable ({str(e).splitlines()[0]}); "
+                                  f"give a local file with model.backbone.checkpoint=PATH") from None
+        except OSError as e:  # no network, no cached hub file
+            if not pretrained:
+                raise
+            raise CheckpointError(f"backbone '{name}': cannot download pretrained weights "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); give a local file with "
+                                  f"model.backbone.checkpoint=PATH") from None
         channels = list(self.body.feature_info.channels())
         strides = list(self.body.feature_info.reduction())
         self.pyramid: SimplePyramid | None = None

@@ -1,36 +1,16 @@
 """The console scripts, run as a user runs them (subprocess, Hydra overrides)."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-TINY = ["data.generate.num_train=16", "data.generate.num_val=8", "data.datamodule.batch_size=8",
-        "+model.backbone.dims=[16,32,48,64]", "+model.backbone.depths=[1,1,1,1]", "model.neck.channels=32",
-        "trainer.enable_model_summary=false"]
-
-
-def _run(script, args, tmp_path, timeout=600):
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([str(BIN / script), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+from tests.conftest import TINY  # noqa: E402
+from tests.conftest import run_cli as _run
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """One short real training run (2 epochs, validated) shared by the tests below."""
-    tmp = tmp_path_factory.mktemp("cli")
-    run_dir = tmp / "run"
-    res = _run("fourm21-train", [*TINY, f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={run_dir}",
-                                 "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1"], tmp)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return tmp, run_dir, res
+def trained_run(tiny_run):
+    return tiny_run
 
 
 def test_train_writes_the_run_directory(trained_run):

@@ -10,8 +10,8 @@ from pycocotools.cocoeval import COCOeval
 
 from fourm21.metrics.coco import STAT_NAMES
 from tests.conftest import SHARED_DATA
+from tests.conftest import run_cli as _run
 from tests.data.test_cifar10 import make_cifar_tree
-from tests.engine.test_cli import _run
 
 TINY_NET = ["+model.backbone.dims=[16,32,48,64]", "+model.backbone.depths=[1,1,1,1]", "model.neck.channels=32",
             "trainer.enable_model_summary=false", "data.datamodule.num_workers=0"]

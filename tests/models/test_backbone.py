@@ -36,3 +36,16 @@ def test_local_checkpoint_loads_and_missing_one_is_named(tmp_path):
         torch.testing.assert_close(dst.body.state_dict()[k], v)
     with pytest.raises(CheckpointError, match="convnext_atto.*missing.safetensors"):
         TimmBackbone(**dict(TINY_CONVNEXT, checkpoint=str(tmp_path / "missing.safetensors")))
+
+
+def test_pretrained_without_network_names_backbone_and_the_way_out(monkeypatch):
+    import timm
+
+    def offline(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            raise OSError("We couldn't connect to the hub")
+        raise AssertionError("only the pretrained path is exercised here")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(CheckpointError, match="convnext_atto.*model.backbone.checkpoint=PATH"):
+        TimmBackbone(name="convnext_atto", pretrained=True)

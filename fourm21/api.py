@@ -1,0 +1,157 @@
+"""The Python API: ``model = fourm21.load(path)``; ``model.predict(images)``.
+
+``path`` is a Lightning checkpoint (``.ckpt``, read with ``weights_only=True``) or a directory
+written by ``fourm21-export format=safetensors`` (no pickle, no Lightning). Predictions are plain
+dicts of tensors per image, in the original image's pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from fourm21.data.geometry import unletterbox
+from fourm21.data.images import read_image, to_rgb
+from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fourm21.errors import CheckpointError
+from fourm21.models.multitask import MultiTaskNet, build_model
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+
+class Fourm21Model:
+    """A trained multitask network for inference (eval mode, no gradients)."""
+
+    def __init__(self, net: MultiTaskNet, model_config: dict, meta: dict, device: str | torch.device = "cpu") -> None:
+        self.net = net.eval()
+        self.model_config = model_config
+        self.meta = dict(meta)
+        self.device = torch.device(device)
+        self.net.to(self.device)
+
+    @property
+    def img_size(self) -> int:
+        return int(self.meta.get("img_size") or self.model_config.get("backbone", {}).get("img_size") or 640)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names") or [])
+
+    @property
+    def image_class_names(self) -> list[str]:
+        return list(self.meta.get("image_class_names") or [])
+
+    def to(self, device: str | torch.device) -> Fourm21Model:
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        return self
+
+    def set_thresholds(self, score_thr: float | None = None, iou_thr: float | None = None,
+                       max_det: int | None = None) -> None:
+        """Change the detection decoding settings (the heads' config keys of the same names)."""
+        det = self.net.heads["det"] if "det" in self.net.heads else None  # noqa: SIM401 - ModuleDict has no get
+        if det is None:
+            return
+        for key, value in (("score_thr", score_thr), ("iou_thr", iou_thr), ("max_det", max_det)):
+            if value is not None:
+                setattr(det, key, value)
+
+    def preprocess(self, image: ImageLike, img_size: int | None = None) -> tuple[torch.Tensor, dict]:
+        """One image -> normalised letterboxed (3, S, S) tensor and the meta that maps predictions back."""
+        name = None
+        if isinstance(image, str | Path):
+            name = str(image)
+            arr = read_image(image)
+        elif isinstance(image, Image.Image):
+            arr = to_rgb(image)
+        else:
+            arr = np.asarray(image)
+            if arr.ndim == 2:
+                arr = np.repeat(arr[..., None], 3, axis=2)
+            arr = arr[..., :3].astype(np.uint8)
+        size = img_size or self.img_size
+        t = A.Compose([A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR),
+                       A.PadIfNeeded(size, size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=114),
+                       A.Normalize(mean=tuple(self.meta.get("mean", IMAGENET_MEAN)),
+                                   std=tuple(self.meta.get("std", IMAGENET_STD)))])
+        out = t(image=arr)["image"]
+        h, w = arr.shape[:2]
+        return torch.from_numpy(out.transpose(2, 0, 1).copy()), {"orig_size": (h, w), "scale": size / max(h, w),
+                                                                  "file_name": name}
+
+    @torch.no_grad()
+    def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 16,
+                img_size: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """Predictions per image: boxes (N, 4) xyxy, scores, labels, masks (N, H, W) bool, semantic (H, W),
+        class_probs (K,), class_label, class_topk ... — whatever the model's heads produce."""
+        if isinstance(images, str | Path | Image.Image | np.ndarray):
+            images = [images]
+        results: list[dict[str, torch.Tensor]] = []
+        for start in range(0, len(images), batch_size):
+            chunk = [self.preprocess(im, img_size) for im in images[start:start + batch_size]]
+            batch = torch.stack([c[0] for c in chunk]).to(self.device)
+            preds = self.net.predict(batch)
+            mask_thr = self.net.heads["inst"].mask_thr if "inst" in self.net.heads else 0.5
+            for p, (_, meta) in zip(preds, chunk):
+                p = {k: v.cpu() for k, v in p.items() if k != "locations"}
+                results.append(unletterbox(p, meta["orig_size"], meta["scale"], mask_thr))
+        return results
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Fourm21Model:
+    """Load a ``.ckpt`` or an exported safetensors directory for inference."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_exported(path, device)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for cut or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not hp or "model" not in hp or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a fourm21 training checkpoint (no model config inside)")
+    net = build_model(hp["model"])
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    _load_state(net, state, path)
+    return Fourm21Model(net, hp["model"], hp.get("meta") or {}, device)
+
+
+def _load_exported(directory: Path, device: str | torch.device) -> Fourm21Model:
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    weights, config = directory / "model.safetensors", directory / "config.yaml"
+    for f in (weights, config):
+        if not f.is_file():
+            raise CheckpointError(f"exported model directory {directory} lacks {f.name}")
+    cfg = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+    net = build_model(cfg["model"])
+    _load_state(net, load_file(str(weights)), weights)
+    meta = cfg.get("meta") or {}
+    classes = directory / "classes.json"
+    if classes.is_file():
+        meta.update(json.loads(classes.read_text()))
+    return Fourm21Model(net, cfg["model"], meta, device)
+
+
+def _load_state(net: torch.nn.Module, state: dict[str, Any], source: Path) -> None:
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        detail = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                               ("shape differs", sorted(shapes))) if keys)
+        raise CheckpointError(f"{source} does not match the model built from its config ({detail})")
+    net.load_state_dict(state)

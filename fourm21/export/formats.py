@@ -1,0 +1,115 @@
+"""Export a trained network: safetensors directory, ONNX (checked with onnxruntime), torch.export .pt2."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from fourm21.api import Fourm21Model
+from fourm21.export.raw_outputs import RawOutputs, output_names, restore_outputs
+
+FORMATS = ("safetensors", "onnx", "torch_export")
+
+
+def export_safetensors(model: Fourm21Model, out_dir: Path) -> Path:
+    """``model.safetensors`` + ``config.yaml`` (model config and inference meta) + ``classes.json``.
+
+    ``fourm21.load(out_dir)`` rebuilds the exact network without Lightning and without pickle."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "fourm21"})
+    meta = {k: v for k, v in model.meta.items() if k not in ("class_names", "image_class_names")}
+    (out_dir / "config.yaml").write_text(yaml.safe_dump({"model": model.model_config, "meta": meta}, sort_keys=False))
+    (out_dir / "classes.json").write_text(json.dumps({"class_names": model.class_names,
+                                                      "image_class_names": model.image_class_names}, indent=1))
+    return out_dir / "model.safetensors"
+
+
+def _kept_boxes(model: Fourm21Model, names: list[str], tensors: list[torch.Tensor], size: tuple[int, int]) -> list:
+    preds = model.net.postprocess(restore_outputs(model.net, names, tensors, size), size)
+    return [(p["boxes"], p["labels"], p["scores"]) for p in preds]
+
+
+def compare_outputs(model: Fourm21Model, names: list[str], ours: list[torch.Tensor], theirs: list[torch.Tensor],
+                    size: tuple[int, int]) -> dict[str, Any]:
+    """Max abs difference per raw output, and whether decoding both gives the same kept boxes."""
+    diffs = {n: float((a.float() - b.float()).abs().max()) for n, a, b in zip(names, ours, theirs)}
+    same = True
+    if any(n.startswith("det.") for n in names):
+        for (b1, l1, s1), (b2, l2, s2) in zip(_kept_boxes(model, names, ours, size),
+                                              _kept_boxes(model, names, theirs, size)):
+            same &= (len(b1) == len(b2) and torch.equal(l1, l2) and bool(torch.allclose(b1, b2, atol=1e-3))
+                     and bool(torch.allclose(s1, s2, atol=1e-4)))
+    return {"max_abs_diff": diffs, "max_abs_diff_all": max(diffs.values()), "same_kept_boxes": bool(same)}
+
+
+def export_onnx(model: Fourm21Model, path: Path, img_size: int, opset: int = 18, dynamo: bool = True) -> dict:
+    """ONNX graph with input ``images`` (B, 3, S, S), dynamic batch, outputs named ``task.key``."""
+    names = output_names(model.net, img_size)
+    wrapper = RawOutputs(model.net.cpu().eval(), names)
+    example = torch.zeros(2, 3, img_size, img_size)
+    used = "dynamo"
+    try:
+        if not dynamo:
+            raise RuntimeError("dynamo=false")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper, (example,), str(path), input_names=["images"], output_names=names,
+                              opset_version=opset, dynamo=True, external_data=False,
+                              dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}})
+    except Exception as e:  # noqa: BLE001 - fall back to the TorchScript exporter, and say so
+        used = f"torchscript (dynamo failed: {str(e).splitlines()[0][:120]})" if dynamo else "torchscript"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper, (example,), str(path), input_names=["images"], output_names=names,
+                              opset_version=opset, dynamo=False,
+                              dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
+    return {"exporter": used, "output_names": names}
+
+
+def verify_onnx(model: Fourm21Model, path: Path, images: torch.Tensor) -> dict:
+    import onnxruntime as ort
+
+    names = output_names(model.net, images.shape[-1])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    theirs = [torch.from_numpy(np.asarray(a)) for a in session.run(names, {"images": images.numpy()})]
+    with torch.no_grad():
+        ours = list(RawOutputs(model.net.cpu().eval(), names)(images))
+    return compare_outputs(model, names, ours, theirs, tuple(images.shape[-2:]))
+
+
+def export_torch(model: Fourm21Model, path: Path, img_size: int) -> dict:
+    """A ``.pt2`` program from ``torch.export`` with a dynamic batch dimension."""
+    names = output_names(model.net, img_size)
+    wrapper = RawOutputs(model.net.cpu().eval(), names)
+    program = torch.export.export(wrapper, (torch.zeros(2, 3, img_size, img_size),),
+                                  dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}})
+    torch.export.save(program, str(path))
+    return {"output_names": names}
+
+
+def verify_torch(model: Fourm21Model, path: Path, images: torch.Tensor) -> dict:
+    names = output_names(model.net, images.shape[-1])
+    loaded = torch.export.load(str(path)).module()
+    with torch.no_grad():
+        theirs = list(loaded(images))
+        ours = list(RawOutputs(model.net.cpu().eval(), names)(images))
+    return compare_outputs(model, names, ours, theirs, tuple(images.shape[-2:]))
+
+
+def verify_safetensors(model: Fourm21Model, directory: Path, images: torch.Tensor) -> dict:
+    from fourm21.api import load
+
+    names = output_names(model.net, images.shape[-1])
+    again = load(directory)
+    with torch.no_grad():
+        theirs = list(RawOutputs(again.net, names)(images))
+        ours = list(RawOutputs(model.net.cpu().eval(), names)(images))
+    return compare_outputs(model, names, ours, theirs, tuple(images.shape[-2:]))
