@@ -20,7 +20,7 @@ train: install
 	$(BIN)/fourm21-train $(ARGS)
 
 lint: install
-	$(BIN)/ruff check fourm21 tests scripts
+	$(BIN)/ruff check .
 
 # pytest exits 5 when it collects no test; make treats any non-zero exit as failure.
 test: install lint

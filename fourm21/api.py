@@ -1,14 +1,15 @@
 """The Python API: ``model = fourm21.load(path)``; ``model.predict(images)``.
 
 ``path`` is a Lightning checkpoint (``.ckpt``, read with ``weights_only=True``) or a directory
-written by ``fourm21-export format=safetensors`` (no pickle, no Lightning). Predictions are plain
-dicts of tensors per image, in the original image's pixels.
+written by ``fourm21-export`` (safetensors: no pickle, no Lightning; ONNX: run by ONNX Runtime;
+torch.export: a ``.pt2`` program). Predictions are plain dicts of tensors per image, in the
+original image's pixels, decoded by the same heads' ``postprocess`` whatever ran the network.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,11 @@ ImageLike = str | Path | Image.Image | np.ndarray
 class Fourm21Model:
     """A trained multitask network for inference (eval mode, no gradients)."""
 
-    def __init__(self, net: MultiTaskNet, model_config: dict, meta: dict, device: str | torch.device = "cpu") -> None:
+    def __init__(self, net: MultiTaskNet, model_config: dict, meta: dict, device: str | torch.device = "cpu",
+                 runner: Callable[[torch.Tensor], dict[str, dict[str, torch.Tensor]]] | None = None) -> None:
+        # ``runner`` replaces the PyTorch forward (an ONNX Runtime session, a torch.export program);
+        # decoding always goes through the heads' postprocess.
+        self.runner = runner
         self.net = net.eval()
         self.model_config = model_config
         self.meta = dict(meta)
@@ -98,7 +103,8 @@ class Fourm21Model:
         for start in range(0, len(images), batch_size):
             chunk = [self.preprocess(im, img_size) for im in images[start:start + batch_size]]
             batch = torch.stack([c[0] for c in chunk]).to(self.device)
-            preds = self.net.predict(batch)
+            outputs = self.runner(batch) if self.runner is not None else self.net(batch)
+            preds = self.net.postprocess(outputs, tuple(batch.shape[-2:]))
             mask_thr = self.net.heads["inst"].mask_thr if "inst" in self.net.heads else 0.5
             for p, (_, meta) in zip(preds, chunk):
                 p = {k: v.cpu() for k, v in p.items() if k != "locations"}
@@ -127,21 +133,59 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Fourm21Model:
 
 
 def _load_exported(directory: Path, device: str | torch.device) -> Fourm21Model:
+    """A directory from ``fourm21-export``: config.yaml + classes.json + one of model.safetensors,
+    model.onnx (run with ONNX Runtime) or model.pt2 (a torch.export program)."""
     from omegaconf import OmegaConf
     from safetensors.torch import load_file
 
-    weights, config = directory / "model.safetensors", directory / "config.yaml"
-    for f in (weights, config):
-        if not f.is_file():
-            raise CheckpointError(f"exported model directory {directory} lacks {f.name}")
+    config = directory / "config.yaml"
+    if not config.is_file():
+        raise CheckpointError(f"exported model directory {directory} lacks config.yaml")
     cfg = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
     net = build_model(cfg["model"])
-    _load_state(net, load_file(str(weights)), weights)
     meta = cfg.get("meta") or {}
     classes = directory / "classes.json"
     if classes.is_file():
         meta.update(json.loads(classes.read_text()))
-    return Fourm21Model(net, cfg["model"], meta, device)
+    runner = None
+    if (directory / "model.safetensors").is_file():
+        _load_state(net, load_file(str(directory / "model.safetensors")), directory / "model.safetensors")
+    elif (directory / "model.onnx").is_file():
+        runner = _onnx_runner(net, directory / "model.onnx", device)
+    elif (directory / "model.pt2").is_file():
+        runner = _torch_export_runner(net, directory / "model.pt2", device)
+    else:
+        raise CheckpointError(f"exported model directory {directory} lacks model.safetensors, model.onnx or model.pt2")
+    return Fourm21Model(net, cfg["model"], meta, device, runner)
+
+
+def _onnx_runner(net: MultiTaskNet, path: Path, device: str | torch.device) -> Callable:
+    import onnxruntime as ort
+
+    from fourm21.export.raw_outputs import restore_outputs
+
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") else \
+        ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), providers=providers)
+    names = [o.name for o in session.get_outputs()]
+
+    def run(images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        arrays = session.run(names, {"images": images.detach().cpu().numpy()})
+        return restore_outputs(net, names, [torch.from_numpy(a) for a in arrays], tuple(images.shape[-2:]))
+    return run
+
+
+def _torch_export_runner(net: MultiTaskNet, path: Path, device: str | torch.device) -> Callable:
+    from fourm21.export.raw_outputs import output_names, restore_outputs
+
+    program = torch.export.load(str(path)).module().to(device)
+    names = output_names(net)
+
+    def run(images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        with torch.no_grad():
+            outs = [t.cpu() for t in program(images)]
+        return restore_outputs(net, names, outs, tuple(images.shape[-2:]))
+    return run
 
 
 def _load_state(net: torch.nn.Module, state: dict[str, Any], source: Path) -> None:

@@ -54,5 +54,5 @@ def test_bad_checkpoints_are_named(tmp_path, tiny_run):
     with pytest.raises(CheckpointError, match="not a fourm21"):
         fourm21.load(other)
     (tmp_path / "dir").mkdir()
-    with pytest.raises(CheckpointError, match="lacks model.safetensors"):
+    with pytest.raises(CheckpointError, match="lacks config.yaml"):
         fourm21.load(tmp_path / "dir")

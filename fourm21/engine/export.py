@@ -44,24 +44,26 @@ def run_export(cfg: DictConfig) -> dict:
     images = verification_batch(model, cfg, img_size)
     report: dict = {"format": cfg.format, "source": str(cfg.ckpt_path), "img_size": img_size,
                     "verify_batch": int(images.shape[0])}
+    export_dir = run_dir / "export"
     if cfg.format == "safetensors":
-        out = run_dir / "safetensors"
-        formats.export_safetensors(model, out)
-        report.update(formats.verify_safetensors(model, out, images))
+        out = formats.export_safetensors(model, export_dir)
+        report.update(formats.verify_safetensors(model, export_dir, images))
     elif cfg.format == "onnx":
-        out = run_dir / "model.onnx"
+        formats.write_model_card(model, export_dir, img_size)
+        out = export_dir / "model.onnx"
         report.update(formats.export_onnx(model, out, img_size, int(cfg.opset), bool(cfg.dynamo)))
         report.update(formats.verify_onnx(model, out, images))
         report["nms_in_graph"] = False
     else:
-        out = run_dir / "model.pt2"
+        formats.write_model_card(model, export_dir, img_size)
+        out = export_dir / "model.pt2"
         report.update(formats.export_torch(model, out, img_size))
         report.update(formats.verify_torch(model, out, images))
-    report["path"] = str(out)
+    report["path"] = str(export_dir)
     report["size_mb"] = _size_mb(out)
     report["dynamic_batch"] = cfg.format != "safetensors"
     (run_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"exported {cfg.format}: {out} ({report['size_mb']} MB)")
+    print(f"exported {cfg.format}: {out} ({report['size_mb']} MB); load it with fourm21.load('{export_dir}')")
     print(f"check on {report['verify_batch']} images: max |diff| of raw outputs {report['max_abs_diff_all']:.2e}, "
           f"same kept boxes after NMS: {report['same_kept_boxes']}")
     return report

@@ -18,17 +18,24 @@ from fourm21.export.raw_outputs import RawOutputs, output_names, restore_outputs
 FORMATS = ("safetensors", "onnx", "torch_export")
 
 
-def export_safetensors(model: Fourm21Model, out_dir: Path) -> Path:
-    """``model.safetensors`` + ``config.yaml`` (model config and inference meta) + ``classes.json``.
-
-    ``fourm21.load(out_dir)`` rebuilds the exact network without Lightning and without pickle."""
+def write_model_card(model: Fourm21Model, out_dir: Path, img_size: int | None = None) -> None:
+    """``config.yaml`` (model config + inference meta) and ``classes.json``: what every export directory
+    needs besides the network itself, so ``fourm21.load(out_dir)`` can decode its outputs."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "fourm21"})
     meta = {k: v for k, v in model.meta.items() if k not in ("class_names", "image_class_names")}
+    if img_size:
+        meta["img_size"] = int(img_size)
     (out_dir / "config.yaml").write_text(yaml.safe_dump({"model": model.model_config, "meta": meta}, sort_keys=False))
     (out_dir / "classes.json").write_text(json.dumps({"class_names": model.class_names,
                                                       "image_class_names": model.image_class_names}, indent=1))
+
+
+def export_safetensors(model: Fourm21Model, out_dir: Path) -> Path:
+    """``model.safetensors`` + config + classes: ``fourm21.load(out_dir)`` rebuilds the exact network
+    without Lightning and without pickle."""
+    write_model_card(model, out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "fourm21"})
     return out_dir / "model.safetensors"
 
 

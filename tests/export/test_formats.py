@@ -3,12 +3,14 @@
 import json
 
 import pytest
+import torch
 
+import fourm21
 from tests.conftest import run_cli
 
 
-@pytest.mark.parametrize("fmt, artefact", [("safetensors", "safetensors/model.safetensors"), ("onnx", "model.onnx"),
-                                           ("torch_export", "model.pt2")])
+@pytest.mark.parametrize("fmt, artefact", [("safetensors", "export/model.safetensors"), ("onnx", "export/model.onnx"),
+                                           ("torch_export", "export/model.pt2")])
 def test_export_round_trip(tiny_run, tmp_path, fmt, artefact):
     work, run_dir, _ = tiny_run
     val_images = work / "data/shapes/images/val"
@@ -23,6 +25,15 @@ def test_export_round_trip(tiny_run, tmp_path, fmt, artefact):
     assert report["same_kept_boxes"] is True
     assert set(report["max_abs_diff"]) == {"cls.logits", "det.cls_logits", "det.box_ltrb", "det.centerness",
                                            "inst.proto", "inst.coefs", "sem.logits"}
+    # fourm21.load runs every format and decodes with the same postprocess: same predictions as the checkpoint
+    ref = fourm21.load(run_dir / "checkpoints/best.ckpt")
+    exported = fourm21.load(out / "export")
+    files = sorted(val_images.iterdir())[:3]
+    for a, b in zip(ref.predict(files), exported.predict(files)):
+        assert torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=0)
+        torch.testing.assert_close(a["class_probs"], b["class_probs"], atol=1e-4, rtol=0)
+        assert (a["masks"] != b["masks"]).float().mean() < 1e-3
     if fmt == "onnx":
         import onnx
         graph = onnx.load(str(out / artefact)).graph
