@@ -23,6 +23,7 @@ from fourm21.data.geometry import unletterbox
 from fourm21.data.images import read_image, to_rgb
 from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fourm21.errors import CheckpointError
+from fourm21.losses.masks import box_crop_weights
 from fourm21.models.multitask import MultiTaskNet, build_model
 
 ImageLike = str | Path | Image.Image | np.ndarray
@@ -104,7 +105,8 @@ class Fourm21Model:
             chunk = [self.preprocess(im, img_size) for im in images[start:start + batch_size]]
             batch = torch.stack([c[0] for c in chunk]).to(self.device)
             outputs = self.runner(batch) if self.runner is not None else self.net(batch)
-            preds = self.net.postprocess(outputs, tuple(batch.shape[-2:]))
+            # an end-to-end ONNX graph returns decoded predictions already
+            preds = outputs if isinstance(outputs, list) else self.net.postprocess(outputs, tuple(batch.shape[-2:]))
             mask_thr = self.net.heads["inst"].mask_thr if "inst" in self.net.heads else 0.5
             for p, (_, meta) in zip(preds, chunk):
                 p = {k: v.cpu() for k, v in p.items() if k != "locations"}
@@ -169,10 +171,42 @@ def _onnx_runner(net: MultiTaskNet, path: Path, device: str | torch.device) -> C
     session = ort.InferenceSession(str(path), providers=providers)
     names = [o.name for o in session.get_outputs()]
 
-    def run(images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-        arrays = session.run(names, {"images": images.detach().cpu().numpy()})
-        return restore_outputs(net, names, [torch.from_numpy(a) for a in arrays], tuple(images.shape[-2:]))
+    def run(images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]] | list[dict[str, torch.Tensor]]:
+        arrays = [torch.from_numpy(a) for a in session.run(names, {"images": images.detach().cpu().numpy()})]
+        if "det_batch_index" in names:
+            return _end2end_predictions(net, dict(zip(names, arrays)), images.shape[0], tuple(images.shape[-2:]))
+        return restore_outputs(net, names, arrays, tuple(images.shape[-2:]))
     return run
+
+
+def _end2end_predictions(net: MultiTaskNet, out: dict[str, torch.Tensor], batch: int,
+                         size: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
+    """Per-image prediction dicts (as ``postprocess`` gives) from an end-to-end graph's flat outputs."""
+    from torch.nn import functional as F
+
+    preds: list[dict[str, torch.Tensor]] = []
+    det = net.heads["det"]
+    for i in range(batch):
+        # the graph's own threshold is baked in; a higher one set with set_thresholds still applies
+        sel = (out["det_batch_index"] == i) & (out["det_scores"] > det.score_thr)
+        order = out["det_scores"][sel].argsort(descending=True)[: det.max_det]
+        p = {"boxes": out["det_boxes"][sel][order], "scores": out["det_scores"][sel][order],
+             "labels": out["det_labels"][sel][order].long()}
+        if "det_masks" in out:
+            m = out["det_masks"][sel][order]
+            m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] if len(m) else \
+                m.new_zeros((0, *size))
+            m = m * box_crop_weights(p["boxes"], *size)
+            p["mask_probs"], p["masks"] = m, m > net.heads["inst"].mask_thr
+        if "cls_probs" in out:
+            probs = out["cls_probs"][i]
+            k = min(net.heads["cls"].topk, len(probs))
+            top_p, top_i = probs.topk(k)
+            p.update(class_probs=probs, class_label=top_i[0], class_topk=top_i, class_topk_probs=top_p)
+        if "sem_labels" in out:
+            p["semantic"] = out["sem_labels"][i].long()
+        preds.append(p)
+    return preds
 
 
 def _torch_export_runner(net: MultiTaskNet, path: Path, device: str | torch.device) -> Callable:

@@ -51,9 +51,13 @@ def run_export(cfg: DictConfig) -> dict:
     elif cfg.format == "onnx":
         formats.write_model_card(model, export_dir, img_size)
         out = export_dir / "model.onnx"
-        report.update(formats.export_onnx(model, out, img_size, int(cfg.opset), bool(cfg.dynamo)))
-        report.update(formats.verify_onnx(model, out, images))
-        report["nms_in_graph"] = False
+        if cfg.end2end:
+            report.update(formats.export_onnx_end2end(model, out, img_size, int(cfg.opset)))
+            report.update(formats.verify_onnx_end2end(model, out, images))
+        else:
+            report.update(formats.export_onnx(model, out, img_size, int(cfg.opset), bool(cfg.dynamo)))
+            report.update(formats.verify_onnx(model, out, images))
+            report["nms_in_graph"] = False
     else:
         formats.write_model_card(model, export_dir, img_size)
         out = export_dir / "model.pt2"
@@ -64,7 +68,7 @@ def run_export(cfg: DictConfig) -> dict:
     report["dynamic_batch"] = cfg.format != "safetensors"
     (run_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"exported {cfg.format}: {out} ({report['size_mb']} MB); load it with fourm21.load('{export_dir}')")
-    print(f"check on {report['verify_batch']} images: max |diff| of raw outputs {report['max_abs_diff_all']:.2e}, "
+    print(f"check on {report['verify_batch']} images: max |diff| of outputs {report['max_abs_diff_all']:.2e}, "
           f"same kept boxes after NMS: {report['same_kept_boxes']}")
     return report
 

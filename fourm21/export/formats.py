@@ -13,6 +13,7 @@ import yaml
 from safetensors.torch import save_file
 
 from fourm21.api import Fourm21Model
+from fourm21.export.end2end import EndToEnd
 from fourm21.export.raw_outputs import RawOutputs, output_names, restore_outputs
 
 FORMATS = ("safetensors", "onnx", "torch_export")
@@ -39,9 +40,28 @@ def export_safetensors(model: Fourm21Model, out_dir: Path) -> Path:
     return out_dir / "model.safetensors"
 
 
+def canonical(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Detections in an order that does not depend on how ties in score were broken."""
+    keys = sorted(range(len(scores)), key=lambda i: (-round(float(scores[i]), 4), int(labels[i]),
+                                                     round(float(boxes[i, 0]), 1), round(float(boxes[i, 1]), 1)))
+    idx = torch.tensor(keys, dtype=torch.long)
+    return boxes[idx], scores[idx], labels[idx]
+
+
+def same_detections(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], box_tol: float = 1e-3,
+                    score_tol: float = 1e-4) -> bool:
+    """(boxes, scores, labels) of two decoders agree, up to float noise and the order of tied scores."""
+    if len(a[0]) != len(b[0]):
+        return False
+    (b1, s1, l1), (b2, s2, l2) = canonical(*a), canonical(*b)
+    return bool(torch.equal(l1.long(), l2.long()) and torch.allclose(b1, b2, atol=box_tol)
+                and torch.allclose(s1, s2, atol=score_tol))
+
+
 def _kept_boxes(model: Fourm21Model, names: list[str], tensors: list[torch.Tensor], size: tuple[int, int]) -> list:
     preds = model.net.postprocess(restore_outputs(model.net, names, tensors, size), size)
-    return [(p["boxes"], p["labels"], p["scores"]) for p in preds]
+    return [(p["boxes"], p["scores"], p["labels"]) for p in preds]
 
 
 def compare_outputs(model: Fourm21Model, names: list[str], ours: list[torch.Tensor], theirs: list[torch.Tensor],
@@ -50,10 +70,8 @@ def compare_outputs(model: Fourm21Model, names: list[str], ours: list[torch.Tens
     diffs = {n: float((a.float() - b.float()).abs().max()) for n, a, b in zip(names, ours, theirs)}
     same = True
     if any(n.startswith("det.") for n in names):
-        for (b1, l1, s1), (b2, l2, s2) in zip(_kept_boxes(model, names, ours, size),
-                                              _kept_boxes(model, names, theirs, size)):
-            same &= (len(b1) == len(b2) and torch.equal(l1, l2) and bool(torch.allclose(b1, b2, atol=1e-3))
-                     and bool(torch.allclose(s1, s2, atol=1e-4)))
+        for a, b in zip(_kept_boxes(model, names, ours, size), _kept_boxes(model, names, theirs, size)):
+            same &= same_detections(a, b)
     return {"max_abs_diff": diffs, "max_abs_diff_all": max(diffs.values()), "same_kept_boxes": bool(same)}
 
 
@@ -79,6 +97,50 @@ def export_onnx(model: Fourm21Model, path: Path, img_size: int, opset: int = 18,
                               opset_version=opset, dynamo=False,
                               dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
     return {"exporter": used, "output_names": names}
+
+
+def export_onnx_end2end(model: Fourm21Model, path: Path, img_size: int, opset: int = 18) -> dict:
+    """ONNX graph with decoding, NMS and mask assembly inside (``fourm21.export.end2end``)."""
+    wrapper = EndToEnd(model.net.cpu().eval())
+    example = torch.zeros(2, 3, img_size, img_size)
+    axes = {"images": {0: "batch"}, "cls_probs": {0: "batch"}, "sem_labels": {0: "batch"},
+            **{n: {0: "detections"} for n in wrapper.names if n.startswith("det_")}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the TorchScript exporter maps torchvision's NMS to ONNX NonMaxSuppression
+        torch.onnx.export(wrapper, (example,), str(path), input_names=["images"], output_names=wrapper.names,
+                          opset_version=opset, dynamo=False,
+                          dynamic_axes={k: v for k, v in axes.items() if k == "images" or k in wrapper.names})
+    return {"exporter": "torchscript", "output_names": wrapper.names, "nms_in_graph": True}
+
+
+def verify_onnx_end2end(model: Fourm21Model, path: Path, images: torch.Tensor) -> dict:
+    """Kept detections from ONNX Runtime vs the PyTorch model's ``postprocess`` (max_det lifted)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, (torch.from_numpy(np.asarray(a)) for a in session.run(names, {"images": images.numpy()}))))
+    det = model.net.heads["det"]
+    max_det, det.max_det = det.max_det, 10**9
+    try:
+        ref = model.net.predict(images)
+    finally:
+        det.max_det = max_det
+    same, diff = True, 0.0
+    for i, p in enumerate(ref):
+        sel = got["det_batch_index"] == i
+        mine = (got["det_boxes"][sel], got["det_scores"][sel], got["det_labels"][sel])
+        same &= same_detections(mine, (p["boxes"], p["scores"], p["labels"]))
+        if len(mine[1]) == len(p["scores"]) and len(p["scores"]):
+            diff = max(diff, float((canonical(*mine)[1] - canonical(p["boxes"], p["scores"], p["labels"])[1])
+                                   .abs().max()))
+    report = {"same_kept_boxes": bool(same), "max_abs_diff": {"det_scores": diff}, "max_abs_diff_all": diff}
+    if "cls_probs" in got:
+        probs = torch.stack([p["class_probs"] for p in ref])
+        report["max_abs_diff"]["cls_probs"] = float((got["cls_probs"] - probs).abs().max())
+        report["max_abs_diff_all"] = max(report["max_abs_diff_all"], report["max_abs_diff"]["cls_probs"])
+    return report
 
 
 def verify_onnx(model: Fourm21Model, path: Path, images: torch.Tensor) -> dict:
