@@ -51,12 +51,22 @@ def canonical(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor
 
 def same_detections(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], box_tol: float = 1e-3,
                     score_tol: float = 1e-4) -> bool:
-    """(boxes, scores, labels) of two decoders agree, up to float noise and the order of tied scores."""
-    if len(a[0]) != len(b[0]):
+    """(boxes, scores, labels) of two decoders are the same set, up to float noise, in any order
+    (tied scores may be ordered differently): every detection pairs with one of the other side's."""
+    (b1, s1, l1), (b2, s2, l2) = a, b
+    if len(b1) != len(b2):
         return False
-    (b1, s1, l1), (b2, s2, l2) = canonical(*a), canonical(*b)
-    return bool(torch.equal(l1.long(), l2.long()) and torch.allclose(b1, b2, atol=box_tol)
-                and torch.allclose(s1, s2, atol=score_tol))
+    if not len(b1):
+        return True
+    compat = ((b1[:, None, :].float() - b2[None, :, :].float()).abs().amax(-1) <= box_tol) \
+        & ((s1[:, None].float() - s2[None, :].float()).abs() <= score_tol) & (l1[:, None].long() == l2[None, :].long())
+    used = torch.zeros(len(b2), dtype=torch.bool)
+    for i in range(len(b1)):
+        free = (compat[i] & ~used).nonzero()
+        if not len(free):
+            return False
+        used[free[0, 0]] = True
+    return True
 
 
 def _kept_boxes(model: Fourm21Model, names: list[str], tensors: list[torch.Tensor], size: tuple[int, int]) -> list:
