@@ -55,6 +55,15 @@ class Fourm21Model:
     def image_class_names(self) -> list[str]:
         return list(self.meta.get("image_class_names") or [])
 
+    @property
+    def attribute_classes(self) -> dict[str, list[str]]:
+        classes = self.meta.get("attribute_classes")
+        return dict(classes) if isinstance(classes, dict) else {}
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.meta.get("label_names") or [])
+
     def to(self, device: str | torch.device) -> Fourm21Model:
         self.device = torch.device(device)
         self.net.to(self.device)
@@ -95,16 +104,25 @@ class Fourm21Model:
 
     @torch.no_grad()
     def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 16,
-                img_size: int | None = None) -> list[dict[str, torch.Tensor]]:
+                img_size: int | None = None, captions: Sequence[str] | None = None) -> list[dict[str, torch.Tensor]]:
         """Predictions per image: boxes (N, 4) xyxy, scores, labels, masks (N, H, W) bool, semantic (H, W),
-        class_probs (K,), class_label, class_topk ... — whatever the model's heads produce."""
+        class_probs (K,), class_label, class_topk, attr.<group>.probs / .label, label_probs / label_set
+        — whatever the model's heads produce. ``captions`` (one per image) feed a caption-fused head."""
         if isinstance(images, str | Path | Image.Image | np.ndarray):
             images = [images]
+        if captions is not None and len(captions) != len(images):
+            raise ValueError(f"{len(captions)} captions for {len(images)} images")
         results: list[dict[str, torch.Tensor]] = []
         for start in range(0, len(images), batch_size):
             chunk = [self.preprocess(im, img_size) for im in images[start:start + batch_size]]
             batch = torch.stack([c[0] for c in chunk]).to(self.device)
-            outputs = self.runner(batch) if self.runner is not None else self.net(batch)
+            tokens = None
+            if captions is not None and "mlc" in self.net.heads:
+                from fourm21.data.text import tokenize
+                buckets = self.model_config["heads"]["mlc"].get("text", {}).get("num_buckets", 4096)
+                tokens = torch.stack([tokenize(c, buckets) for c in captions[start:start + batch_size]])
+                tokens = tokens.to(self.device)
+            outputs = self.runner(batch) if self.runner is not None else self.net(batch, tokens)
             # an end-to-end ONNX graph returns decoded predictions already
             preds = outputs if isinstance(outputs, list) else self.net.postprocess(outputs, tuple(batch.shape[-2:]))
             mask_thr = self.net.heads["inst"].mask_thr if "inst" in self.net.heads else 0.5

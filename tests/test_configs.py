@@ -45,6 +45,10 @@ def test_eval_config_composes():
 @pytest.mark.parametrize("experiment", GROUPS.get("experiment", []))
 def test_every_experiment_composes_and_builds(experiment):
     cfg = _compose(overrides=[f"experiment={experiment}"])
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if model_cfg["heads"]["attr"]["enabled"] and not model_cfg["heads"]["attr"]["groups"]:
+        # fourm21-train reads the class count of each group from the training CSV
+        model_cfg["heads"]["attr"]["groups"] = {g: 3 for g in cfg.data.groups}
+    model = build_model(model_cfg)
     enabled = {k for k, h in cfg.model.heads.items() if h.enabled}
     assert set(model.heads) == enabled

@@ -12,7 +12,9 @@ def collate_samples(samples: list[Sample]) -> dict:
 
     Returns image (B, 3, H, W); label (B,) with -1 where absent; gt_boxes (B, M, 4);
     gt_labels (B, M) with -1 for padding; gt_masks (B, M, H, W) bool; semantic (B, H, W) with
-    IGNORE_INDEX where absent; has_label / has_boxes / has_masks / has_semantic (B,) bool; meta list.
+    IGNORE_INDEX where absent; attributes {group: (B,) class or -1}; labels (B, C) multi-hot;
+    caption_tokens (B, T) (0 = padding); has_label / has_boxes / has_masks / has_semantic /
+    has_attributes / has_labels / has_caption (B,) bool; meta list.
     """
     images = torch.stack([s["image"] for s in samples])
     b, _, h, w = images.shape
@@ -30,8 +32,25 @@ def collate_samples(samples: list[Sample]) -> dict:
                 gt_masks[i, :n] = s["masks"]
         if "semantic" in s:
             semantic[i] = s["semantic"]
+    groups = sorted({g for s in samples for g in s.get("attributes", {})})
+    attributes = {g: torch.tensor([s.get("attributes", {}).get(g, -1) for s in samples], dtype=torch.long)
+                  for g in groups}
+    num_labels = next((len(s["labels"]) for s in samples if "labels" in s), 0)
+    labels = torch.stack([s["labels"] if "labels" in s else torch.zeros(num_labels) for s in samples]) \
+        if num_labels else torch.zeros(b, 0)
+    max_tokens = max([len(s["caption_tokens"]) for s in samples if "caption_tokens" in s] + [0])
+    tokens = torch.zeros(b, max_tokens, dtype=torch.long)
+    for i, s in enumerate(samples):
+        if "caption_tokens" in s:
+            tokens[i, : len(s["caption_tokens"])] = s["caption_tokens"]
     return {
         "image": images,
+        "attributes": attributes,
+        "labels": labels,
+        "caption_tokens": tokens,
+        "has_attributes": torch.tensor(["attributes" in s for s in samples]),
+        "has_labels": torch.tensor(["labels" in s for s in samples]),
+        "has_caption": torch.tensor(["caption_tokens" in s for s in samples]),
         "label": torch.tensor([s.get("label", -1) for s in samples], dtype=torch.long),
         "gt_boxes": gt_boxes,
         "gt_labels": gt_labels,

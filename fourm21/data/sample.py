@@ -7,6 +7,9 @@ Keys (all optional except ``image`` and ``meta``):
     box_labels (N,) int64, contiguous detection class ids (0-based)
     masks     (N, H, W) bool, instance masks aligned with ``boxes``
     semantic  (H, W) int64, 0 = background, k = detection class k-1, 255 = ignore
+    attributes {group: int}, a class index per attribute group, -1 = missing
+    labels    (C,) float multi-hot, for the multi-label head
+    caption   str, with caption_tokens (T,) int64 hashed word ids (fourm21.data.text)
     meta      dict: image_id, source, orig_size (h, w), scale, pad (left, top)
 
 A task is trained on a sample only when the sample carries that task's target; the
@@ -25,6 +28,8 @@ TASK_TARGETS: dict[str, tuple[str, ...]] = {
     "det": ("boxes", "box_labels"),
     "inst": ("boxes", "box_labels", "masks"),
     "sem": ("semantic",),
+    "attr": ("attributes",),
+    "mlc": ("labels",),
 }
 
 Sample = dict[str, Any]

@@ -22,7 +22,7 @@ SCENES = ("forest", "desert", "ocean", "dusk")
 SCENE_HUES = (0.33, 0.08, 0.6, 0.8)
 CATEGORIES = ("circle", "square", "triangle")
 SPLIT_SEEDS = {"train": 0, "val": 1}
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 
 def _tone(rng: np.random.Generator, hue: float) -> np.ndarray:
@@ -162,5 +162,58 @@ def ensure_shapes(root: str | Path, num_train: int = 2000, num_val: int = 300, s
     for split, offset in SPLIT_SEEDS.items():
         # Train and val come from different seeds, so no val image is a copy of a train image.
         generate_split(root, split, counts[split], size, seed * 1000 + offset, max_objects, min_obj, max_obj)
+    write_label_csvs(root, seed)
     spec_file.write_text(json.dumps(spec))
     return root
+
+
+COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
+# Multi-label classes of the shapes set, as in COMP5329 the ids have a gap (4 is never used).
+MULTILABEL_CLASSES = {1: "circle", 2: "square", 3: "triangle", 5: "crowded", 6: "overlapping"}
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return min(a[0] + a[2], b[0] + b[2]) > max(a[0], b[0]) and min(a[1] + a[3], b[1] + b[3]) > max(a[1], b[1])
+
+
+def write_label_csvs(root: str | Path, seed: int = 0, missing_frac: float = 0.1) -> list[Path]:
+    """Image-level label CSVs derived from the COCO files, for the attribute and multi-label heads.
+
+    ``attributes_<split>.csv``: image, scene, main_shape (largest object), count (as a word); about
+    ``missing_frac`` of the values are left empty (missing). ``multilabel_<split>.csv``
+    (``ImageID,Labels,Caption``): shapes present, ``crowded`` (3+ objects), ``overlapping`` (boxes
+    overlap); the caption names the scene, the number of objects and one shape, so it carries
+    part of the labels and the image the rest.
+    """
+    import csv
+
+    root = Path(root)
+    written = []
+    for split, offset in SPLIT_SEEDS.items():
+        rng = np.random.default_rng(seed * 1000 + 100 + offset)
+        coco = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+        anns: dict[int, list[dict]] = {}
+        for a in coco["annotations"]:
+            anns.setdefault(a["image_id"], []).append(a)
+        attr_path, ml_path = root / f"attributes_{split}.csv", root / f"multilabel_{split}.csv"
+        with attr_path.open("w", newline="") as fa, ml_path.open("w", newline="") as fm:
+            wa, wm = csv.writer(fa), csv.writer(fm)
+            wa.writerow(["image", "scene", "main_shape", "count"])
+            wm.writerow(["ImageID", "Labels", "Caption"])
+            for im in coco["images"]:
+                objs = anns.get(im["id"], [])
+                scene = SCENES[im["label"]]
+                main = CATEGORIES[max(objs, key=lambda a: a["area"])["category_id"] - 1] if objs else ""
+                values = [scene, main, COUNT_WORDS[min(len(objs), 6)]]
+                values = ["" if rng.random() < missing_frac else v for v in values]
+                wa.writerow([im["file_name"], *values])
+                labels = sorted({a["category_id"] for a in objs})
+                if len(objs) >= 3:
+                    labels.append(5)
+                if any(_overlap(a["bbox"], b["bbox"]) for i, a in enumerate(objs) for b in objs[i + 1:]):
+                    labels.append(6)
+                named = CATEGORIES[objs[int(rng.integers(len(objs)))]["category_id"] - 1] if objs else "nothing"
+                caption = f'{COUNT_WORDS[min(len(objs), 6)]} shapes on a {scene} background, one of them a "{named}"'
+                wm.writerow([im["file_name"], " ".join(map(str, labels)), caption])
+        written += [attr_path, ml_path]
+    return written

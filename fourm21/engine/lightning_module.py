@@ -48,7 +48,7 @@ class MultiTaskModule(L.LightningModule):
         return self.model(images)
 
     def _step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, dict]:
-        outputs = self.model(batch["image"])
+        outputs = self.model(batch["image"], batch.get("caption_tokens"))
         total, logs = self.criterion(self.model.loss(outputs, batch))
         bs = batch["image"].shape[0]
         logs.pop("loss")
@@ -66,8 +66,9 @@ class MultiTaskModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and getattr(dm, "val_sets", None):
             self.build_evaluators(dm.val_sets)
-            for key in ("class_names", "image_class_names", "cat_ids"):
-                names = next((list(getattr(ds, key)) for ds in dm.val_sets.values() if getattr(ds, key, None)), None)
+            for key in ("class_names", "image_class_names", "cat_ids", "attribute_classes", "label_names"):
+                names = next((getattr(ds, key) for ds in dm.val_sets.values() if getattr(ds, key, None)), None)
+                names = dict(names) if isinstance(names, dict) else list(names) if names is not None else None
                 if names and not self.hparams.meta.get(key):
                     self.hparams.meta[key] = names
 
@@ -79,7 +80,10 @@ class MultiTaskModule(L.LightningModule):
             list(heads), ds,
             num_image_classes=heads["cls"].num_classes if "cls" in heads else 0,
             num_sem_classes=heads["sem"].num_classes if "sem" in heads else 0,
-            mask_thr=heads["inst"].mask_thr if "inst" in heads else 0.5) for ds in sets.values()]
+            mask_thr=heads["inst"].mask_thr if "inst" in heads else 0.5,
+            attribute_groups=heads["attr"].groups if "attr" in heads else None,
+            num_labels=heads["mlc"].num_classes if "mlc" in heads else 0,
+            threshold_tuning=heads["mlc"].tune if "mlc" in heads else "none") for ds in sets.values()]
         self.val_set_names = list(sets)
         self.last_val_preds = {}
 
@@ -92,7 +96,7 @@ class MultiTaskModule(L.LightningModule):
             ev.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        outputs = self.model(batch["image"])
+        outputs = self.model(batch["image"], batch.get("caption_tokens"))
         total, logs = self.criterion(self.model.loss(outputs, batch))
         logs.pop("loss")
         if len(self.evaluators) <= 1:
@@ -113,6 +117,9 @@ class MultiTaskModule(L.LightningModule):
         for ev in self.evaluators:
             metrics.update(ev.compute())
         self.last_metrics = dict(metrics)  # exact values: Lightning's logged copies are float32
+        for ev in self.evaluators:  # thresholds tuned on val go into the head, hence the checkpoint and predict
+            if ev.mlc is not None and ev.mlc.probs and "mlc" in self.model.heads:
+                self.model.heads["mlc"].thresholds.copy_(ev.mlc.thresholds.to(self.device))
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=False)
         score = selection_score(metrics)
         if score is not None:

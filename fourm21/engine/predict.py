@@ -58,6 +58,35 @@ def classification_entry(pred: dict[str, torch.Tensor], names: list[str]) -> dic
                      for c, p in zip(pred["class_topk"], pred["class_topk_probs"])]}
 
 
+def image_label_entries(pred: dict[str, torch.Tensor], model: Fourm21Model) -> dict:
+    """Attributes ({group: {value, score}}) and multi-labels ([{id, name, score}] above the thresholds)."""
+    out: dict = {}
+    groups = sorted({k.split(".")[1] for k in pred if k.startswith("attr.")})
+    if groups:
+        names = model.attribute_classes
+        out["attributes"] = {}
+        for g in groups:
+            k = int(pred[f"attr.{g}.label"])
+            values = names.get(g, [])
+            out["attributes"][g] = {"value": values[k] if k < len(values) else k,
+                                    "score": round(float(pred[f"attr.{g}.probs"][k]), 5)}
+    if "label_set" in pred:
+        names = model.label_names
+        out["labels"] = [{"id": int(names[i]) if i < len(names) and names[i].isdigit() else i,
+                          "name": names[i] if i < len(names) else str(i),
+                          "score": round(float(pred["label_probs"][i]), 5)}
+                         for i in pred["label_set"].nonzero().flatten().tolist()]
+    return out
+
+
+def read_captions(path: str | None) -> dict[str, str]:
+    """{file name: caption} from a CSV with ImageID and Caption columns (the multi-label format)."""
+    if not path:
+        return {}
+    from fourm21.data.csv_labels import read_csv_rows
+    return {Path(r["ImageID"]).name: r["Caption"] for r in read_csv_rows(path, ["ImageID", "Caption"])}
+
+
 def run_predict(cfg: DictConfig) -> dict:
     run_dir = run_dir_of(cfg)
     files = list_images(cfg.source)
@@ -67,13 +96,15 @@ def run_predict(cfg: DictConfig) -> dict:
     overlays = run_dir / "overlays"
     if cfg.save_overlays:
         overlays.mkdir(parents=True, exist_ok=True)
+    captions = read_captions(cfg.get("captions"))
     images, annotations, counts, top_classes = [], [], Counter(), Counter()
     with Progress(transient=False) as progress:
         task = progress.add_task("predicting", total=len(files))
         for start in range(0, len(files), cfg.batch_size):
             chunk = files[start:start + cfg.batch_size]
             arrays = [read_image(f) for f in chunk]
-            preds = model.predict(arrays, batch_size=len(arrays), img_size=cfg.get("img_size"))
+            texts = [captions.get(Path(f).name, "") for f in chunk] if captions else None
+            preds = model.predict(arrays, batch_size=len(arrays), img_size=cfg.get("img_size"), captions=texts)
             for f, arr, pred in zip(chunk, arrays, preds):
                 image_id = len(images) + 1
                 h, w = arr.shape[:2]
@@ -82,6 +113,7 @@ def run_predict(cfg: DictConfig) -> dict:
                 if cls is not None:
                     entry["classification"] = cls
                     top_classes[cls["class_name"]] += 1
+                entry.update(image_label_entries(pred, model))
                 images.append(entry)
                 dets = prediction_entries(pred, image_id, model.class_names, model.meta.get("cat_ids"))
                 for d in dets:
@@ -89,8 +121,14 @@ def run_predict(cfg: DictConfig) -> dict:
                     annotations.append(d)
                     counts[d["category_name"]] += 1
                 if cfg.save_overlays:
+                    extra = image_label_entries(pred, model)
+                    lines = [f"{g}: {v['value']} {v['score']:.2f}" for g, v in extra.get("attributes", {}).items()]
+                    if "labels" in extra:
+                        lines.append("labels: " + (", ".join(f"{x['name']} {x['score']:.2f}" for x in extra["labels"])
+                                                   or "none"))
                     save_overlay(arr, pred, model.class_names, model.image_class_names,
-                                 overlays / f"{image_id:06d}_{Path(f).stem}.png", cfg.score_thr, cfg.show_semantic)
+                                 overlays / f"{image_id:06d}_{Path(f).stem}.png", cfg.score_thr, cfg.show_semantic,
+                                 caption_lines=lines)
                 progress.advance(task)
     cat_ids = model.meta.get("cat_ids") or list(range(1, len(model.class_names) + 1))
     categories = [{"id": c, "name": n} for c, n in zip(cat_ids, model.class_names)]

@@ -12,12 +12,13 @@ from pathlib import Path
 import hydra
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
 from fourm21.engine.evaluate import evaluate_module, print_summary
 from fourm21.engine.lightning_module import MultiTaskModule
 from fourm21.engine.validate_config import check_config
+from fourm21.errors import ConfigError
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
@@ -42,6 +43,19 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
+def fill_from_data(cfg: DictConfig, datamodule) -> None:
+    """Head sizes the config leaves to the data (``model.heads.attr.groups: null``) are read from it."""
+    attr = cfg.model.heads.get("attr")
+    if attr is not None and attr.get("enabled") and not attr.get("groups"):
+        datamodule.setup("fit")
+        classes = next((ds.attribute_classes for ds in datamodule.train_sets.values()
+                        if getattr(ds, "attribute_classes", None)), None)
+        if classes is None:
+            raise ConfigError("model.heads.attr is enabled but no training data set carries attributes")
+        with open_dict(cfg):
+            cfg.model.heads.attr.groups = {g: len(c) for g, c in classes.items()}
+
+
 def run_train(cfg: DictConfig) -> dict[str, float]:
     """Train, evaluate, report. Returns the report's metrics."""
     check_config(cfg)
@@ -49,6 +63,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     run_dir = run_dir_of(cfg)
     save_config(cfg, run_dir)
     datamodule = instantiate(cfg.data.datamodule)
+    fill_from_data(cfg, datamodule)
     module = MultiTaskModule.from_config(cfg)
     callbacks = build_callbacks(cfg, run_dir)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg, run_dir) or False,

@@ -10,10 +10,11 @@ import torch
 
 from fourm21.metrics.classification import ClassificationMetrics
 from fourm21.metrics.coco import coco_evaluate, predictions_to_coco, results_for
+from fourm21.metrics.image_labels import AttributeMetrics, MultiLabelMetrics
 from fourm21.metrics.segmentation import SegmentationMetrics
 
 # The metric each task contributes to the single model-selection score ``score``.
-MAIN_METRICS = {"cls": "acc", "det": "map", "inst": "map", "sem": "miou"}
+MAIN_METRICS = {"cls": "acc", "det": "map", "inst": "map", "sem": "miou", "attr": "acc_mean", "mlc": "f1_micro"}
 COCO_TASKS = {"det": "bbox", "inst": "segm"}
 
 
@@ -26,13 +27,16 @@ class MultiTaskEvaluator:
     """
 
     def __init__(self, tasks: list[str], dataset: Any, num_image_classes: int = 0, num_sem_classes: int = 0,
-                 mask_thr: float = 0.5) -> None:
+                 mask_thr: float = 0.5, attribute_groups: dict[str, int] | None = None, num_labels: int = 0,
+                 threshold_tuning: str = "per_class") -> None:
         self.tasks = list(tasks)
         self.coco_gt = getattr(dataset, "coco", None)
         self.cat_ids = list(getattr(dataset, "cat_ids", []))
         self.mask_thr = mask_thr
         self.cls = ClassificationMetrics(num_image_classes) if "cls" in tasks and num_image_classes else None
         self.sem = SegmentationMetrics(num_sem_classes) if "sem" in tasks and num_sem_classes else None
+        self.attr = AttributeMetrics(attribute_groups) if "attr" in tasks and attribute_groups else None
+        self.mlc = MultiLabelMetrics(num_labels, threshold_tuning) if "mlc" in tasks and num_labels else None
         self.coco_evals: dict[str, Any] = {}
         self.reset()
 
@@ -44,6 +48,10 @@ class MultiTaskEvaluator:
             self.cls.reset()
         if self.sem:
             self.sem.reset()
+        if self.attr:
+            self.attr.reset()
+        if self.mlc:
+            self.mlc.reset()
 
     def update(self, preds: list[dict[str, torch.Tensor]], batch: dict[str, Any]) -> None:
         if self.cls is not None and "class_label" in preds[0]:
@@ -55,6 +63,16 @@ class MultiTaskEvaluator:
             has = batch["has_semantic"].cpu()
             pred = torch.stack([p["semantic"] for p in preds]).cpu()
             self.sem.update(pred[has], batch["semantic"].cpu()[has])
+        if self.attr is not None and batch["has_attributes"].any():
+            has = batch["has_attributes"].cpu()
+            for g, target in batch["attributes"].items():
+                if f"attr.{g}.label" in preds[0]:
+                    pred = torch.stack([p[f"attr.{g}.label"] for p in preds]).cpu()
+                    self.attr.update(g, pred[has], target.cpu()[has])
+        if self.mlc is not None and "label_probs" in preds[0]:
+            has = batch["has_labels"].cpu()
+            probs = torch.stack([p["label_probs"] for p in preds]).cpu()
+            self.mlc.update(probs[has], batch["labels"].cpu()[has])
         if self.coco_gt is not None and ("det" in self.tasks or "inst" in self.tasks):
             has = batch["has_boxes"].cpu()
             for p, meta, h in zip(preds, batch["meta"], has):
@@ -68,6 +86,10 @@ class MultiTaskEvaluator:
             out.update({f"cls/{k}": v for k, v in self.cls.compute().items()})
         if self.sem is not None:
             out.update({f"sem/{k}": v for k, v in self.sem.compute().items()})
+        if self.attr is not None:
+            out.update(self.attr.compute())
+        if self.mlc is not None:
+            out.update({f"mlc/{k}": v for k, v in self.mlc.compute().items()})
         if self.coco_gt is not None and self.image_ids:
             for task, iou_type in COCO_TASKS.items():
                 if task in self.tasks:

@@ -133,7 +133,7 @@ def draw_prediction(ax: plt.Axes, image: np.ndarray, pred: dict[str, torch.Tenso
 
 def save_overlay(image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
                  image_class_names: Sequence[str], out_file: str | Path, score_thr: float = 0.3,
-                 semantic: bool = False) -> Path:
+                 semantic: bool = False, caption_lines: Sequence[str] = ()) -> Path:
     """One image's predictions drawn at its own size (uint8 RGB input), as a PNG."""
     h, w = image.shape[:2]
     zoom = max(1.0, 400 / max(h, w))  # small images are enlarged to ~400 px on the long side
@@ -142,6 +142,9 @@ def save_overlay(image: np.ndarray, pred: dict[str, torch.Tensor], class_names: 
     ax = fig.add_axes((0, 0, 1, 1 - 0.35 / fig_h))
     draw_prediction(ax, image.astype(np.float32) / 255.0, pred, class_names, image_class_names, score_thr,
                     semantic=semantic, topk=True)
+    for k, line in enumerate(caption_lines):  # attributes and multi-labels, top left
+        ax.text(0.01, 0.99 - 0.06 * k, line, transform=ax.transAxes, fontsize=8, va="top", color="white",
+                bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "lw": 0})
     fig.savefig(out_file)
     plt.close(fig)
     return Path(out_file)

@@ -40,13 +40,14 @@ class MultiTaskNet(nn.Module):
     def _levels(self, feats: list[torch.Tensor], strides: list[int]) -> list[torch.Tensor]:
         return [feats[self.neck.strides.index(s)] for s in strides]
 
-    def forward(self, images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-        """(B, 3, H, W) normalised images -> {task: raw head output}."""
+    def forward(self, images: torch.Tensor, caption_tokens: torch.Tensor | None = None
+                ) -> dict[str, dict[str, torch.Tensor]]:
+        """(B, 3, H, W) normalised images [+ (B, T) caption token ids] -> {task: raw head output}."""
         feats = self.backbone(images)
         out: dict[str, dict[str, torch.Tensor]] = {}
         for name, head in self.heads.items():
             if head.source == "backbone":
-                out[name] = head(feats)
+                out[name] = head(feats, text=caption_tokens) if getattr(head, "uses_text", False) else head(feats)
         dense = self.neck(feats)
         if self.fusion is not None:
             cls_logits = out["cls"]["logits"] if "cls" in out else None
@@ -87,8 +88,9 @@ class MultiTaskNet(nn.Module):
         return preds
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        return self.postprocess(self(images), tuple(images.shape[-2:]))
+    def predict(self, images: torch.Tensor, caption_tokens: torch.Tensor | None = None
+                ) -> list[dict[str, torch.Tensor]]:
+        return self.postprocess(self(images, caption_tokens), tuple(images.shape[-2:]))
 
 
 def build_model(cfg: DictConfig | Mapping) -> MultiTaskNet:

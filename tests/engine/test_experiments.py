@@ -95,3 +95,39 @@ def test_coco_experiment_and_eval_on_coco_mini(tmp_path):
         ref.summarize()
         for name, value in zip(STAT_NAMES, ref.stats):
             assert report[f"test/{task}/{name}"] == pytest.approx(max(value, 0.0), abs=1e-12), name
+
+
+def _csv_args(shapes_root, kind):
+    return [f"data.csv={shapes_root / f'{kind}_train.csv'}", f"data.val_csv={shapes_root / f'{kind}_val.csv'}",
+            f"data.image_dir={shapes_root / 'images'}", "data.datamodule.prepare=null", "data.datamodule.batch_size=8",
+            "trainer.max_epochs=1", *TINY_NET]
+
+
+def test_attributes_experiment_heads_follow_the_groups_line(tmp_path, shapes_root):
+    res = _run("fourm21-train", ["experiment=attributes", *_csv_args(shapes_root, "attributes"),
+                                 "data.groups=[scene,count]", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    for g in ("scene", "count"):
+        assert f"val/attr.{g}/acc" in report and f"val/attr.{g}/f1_macro" in report
+    assert "val/attr.main_shape/acc" not in report
+    assert {"val/attr/acc_mean", "val/attr/f1_macro_mean"} <= set(report)
+
+
+def test_multilabel_captions_experiment_stores_tuned_thresholds(tmp_path, shapes_root):
+    import torch
+
+    import fourm21
+    res = _run("fourm21-train", ["experiment=multilabel_captions", *_csv_args(shapes_root, "multilabel"),
+                                 f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    for key in ("f1_micro", "f1_macro", "f1_samples", "map", "threshold_mean"):
+        assert f"val/mlc/{key}" in report
+    model = fourm21.load(tmp_path / "run/checkpoints/best.ckpt")
+    thresholds = model.net.heads["mlc"].thresholds
+    assert float(thresholds.mean()) == pytest.approx(report["val/mlc/threshold_mean"], abs=1e-6)
+    image = shapes_root / "images/val/val_000000.png"
+    pred = model.predict([image], captions=["two shapes on a desert background"])[0]
+    assert torch.equal(pred["label_set"], pred["label_probs"] > thresholds)  # predict uses the tuned thresholds
+    assert model.label_names == ["1", "2", "3", "5", "6"]

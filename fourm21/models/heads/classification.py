@@ -9,7 +9,7 @@ from torch import nn
 
 from fourm21.losses.classification import softmax_ce_loss
 from fourm21.models.heads.base import Head
-from fourm21.models.neck import conv_norm_act
+from fourm21.models.heads.pooling import MultiScalePool
 
 
 class ClassificationHead(Head):
@@ -22,20 +22,13 @@ class ClassificationHead(Head):
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.topk = topk
-        self.levels = list(levels) if levels is not None else list(range(len(in_channels)))
-        # Each backbone level goes through a non-linear 1x1 projection before pooling: a bag of local
-        # features sees texture at every scale, which a freshly initialised ConvNeXt (layer scale ~0,
-        # nearly linear) does not provide in its pooled top map alone.
-        width = max(hidden // len(self.levels), 8)
-        self.pre = nn.ModuleList(conv_norm_act(in_channels[i], width, k=1) for i in self.levels)
-        self.norm = nn.LayerNorm(width * len(self.levels))
+        self.pool = MultiScalePool(in_channels, hidden, levels)
         self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(width * len(self.levels), num_classes)
+        self.fc = nn.Linear(self.pool.out_channels, num_classes)
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Backbone levels [(B, C_i, H_i, W_i)] -> logits (B, K)."""
-        pooled = torch.cat([pre(feats[i]).mean(dim=(2, 3)) for pre, i in zip(self.pre, self.levels)], dim=1)
-        return {"logits": self.fc(self.drop(self.norm(pooled)))}
+        return {"logits": self.fc(self.drop(self.pool(feats)))}
 
     def loss(self, outputs: dict, batch: dict[str, Any], cache: dict) -> dict[str, torch.Tensor]:
         has = batch["has_label"]

@@ -1,0 +1,143 @@
+"""Image-level label CSVs: multi-attribute (one column per attribute group) and multi-label with captions.
+
+Attributes: an image path column plus one column per group with string values; an empty or
+unknown value marks that group as missing for the image (its head skips the image).
+Multi-label: ``ImageID,Labels,Caption`` (the COMP5329 format): space-separated class ids and a
+free-text caption, RFC-4180 quoting (commas, quotes, line breaks inside captions). A row with no
+labels (a test row) keeps its image and caption and trains nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fourm21.data.images import read_image
+from fourm21.data.sample import Sample
+from fourm21.data.text import tokenize
+from fourm21.errors import DatasetError
+
+MISSING = -1
+
+
+def read_csv_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """Rows as dicts; a DatasetError naming the file and the column when a required column is absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"CSV not found: {path}")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DatasetError(f"{path}: missing column(s) {missing}; found {header}")
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    return rows
+
+
+def attribute_classes(rows: list[dict[str, str]], groups: Sequence[str]) -> dict[str, list[str]]:
+    """Per group, the sorted distinct non-empty values: the class list of that group's head."""
+    return {g: sorted({r[g] for r in rows if r.get(g)}) for g in groups}
+
+
+class AttributeDataset(Dataset):
+    """Samples with ``attributes``: {group: class index or -1 when missing}."""
+
+    def __init__(self, csv_path: str | Path, image_dir: str | Path, groups: Sequence[str],
+                 classes: dict[str, Sequence[str]] | None = None, image_col: str = "image",
+                 transform: Any = None, source: str = "attributes", classes_from: str | Path | None = None) -> None:
+        """``classes`` fixes each group's class list; else they are read from ``classes_from`` (the
+        training CSV, so val uses the same indices) or from ``csv_path`` itself."""
+        self.csv_path = Path(csv_path)
+        self.image_dir = Path(image_dir)
+        self.groups = list(groups)
+        self.rows = read_csv_rows(self.csv_path, [image_col, *self.groups])
+        self.image_col = image_col
+        if not classes:
+            source_rows = read_csv_rows(classes_from, [*self.groups]) if classes_from else self.rows
+            classes = attribute_classes(source_rows, self.groups)
+        missing_groups = [g for g in self.groups if g not in classes]
+        if missing_groups:
+            raise DatasetError(f"attribute classes given for {sorted(classes)} but not for {missing_groups}")
+        self.classes = {g: list(classes[g]) for g in self.groups}
+        self.attribute_classes = self.classes
+        self.index = {g: {c: i for i, c in enumerate(self.classes[g])} for g in self.groups}
+        self.transform = transform
+        self.source = source
+        self.unknown: dict[str, int] = {g: 0 for g in self.groups}  # values not in a fixed class list
+        for r in self.rows:
+            for g in self.groups:
+                if r[g] and r[g] not in self.index[g]:
+                    self.unknown[g] += 1
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Sample:
+        row = self.rows[i]
+        image = read_image(self.image_dir / row[self.image_col])
+        out = self.transform(image=image)["image"] if self.transform is not None else image.astype(np.float32) / 255
+        return {"image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float(),
+                "attributes": {g: self.index[g].get(row[g], MISSING) for g in self.groups},
+                "meta": {"image_id": i, "source": self.source, "file_name": row[self.image_col],
+                         "orig_size": image.shape[:2]}}
+
+
+class MultiLabelCaptionDataset(Dataset):
+    """Samples with ``labels`` (multi-hot over ``class_ids``) and ``caption_tokens``."""
+
+    def __init__(self, csv_path: str | Path, image_dir: str | Path, class_ids: Sequence[int],
+                 transform: Any = None, id_col: str = "ImageID", labels_col: str = "Labels",
+                 caption_col: str = "Caption", num_buckets: int = 4096, max_tokens: int = 32,
+                 source: str = "multilabel") -> None:
+        self.csv_path = Path(csv_path)
+        self.image_dir = Path(image_dir)
+        self.rows = read_csv_rows(self.csv_path, [id_col, labels_col, caption_col])
+        self.class_ids = [int(c) for c in class_ids]
+        self.index = {c: i for i, c in enumerate(self.class_ids)}
+        self.cols = (id_col, labels_col, caption_col)
+        self.transform = transform
+        self.num_buckets, self.max_tokens = num_buckets, max_tokens
+        self.source = source
+        self.labels: list[list[int] | None] = []
+        for n, r in enumerate(self.rows, start=2):
+            text = r[labels_col]
+            if not text:
+                self.labels.append(None)
+                continue
+            try:
+                ids = [int(t) for t in text.split()]
+            except ValueError:
+                raise DatasetError(f"{self.csv_path}, line {n}: labels '{text}' are not integers") from None
+            unknown = [c for c in ids if c not in self.index]
+            if unknown:
+                raise DatasetError(f"{self.csv_path}, line {n}: unknown class id(s) {unknown}; "
+                                   f"known: {self.class_ids}")
+            self.labels.append([self.index[c] for c in ids])
+        self.label_names = [str(c) for c in self.class_ids]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Sample:
+        id_col, _, caption_col = self.cols
+        row = self.rows[i]
+        image = read_image(self.image_dir / row[id_col])
+        out = self.transform(image=image)["image"] if self.transform is not None else image.astype(np.float32) / 255
+        sample: Sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float(),
+            "caption": row[caption_col],
+            "caption_tokens": tokenize(row[caption_col], self.num_buckets, self.max_tokens),
+            "meta": {"image_id": i, "source": self.source, "file_name": row[id_col], "orig_size": image.shape[:2]},
+        }
+        if self.labels[i] is not None:
+            multi_hot = torch.zeros(len(self.class_ids))
+            multi_hot[self.labels[i]] = 1.0
+            sample["labels"] = multi_hot
+        return sample

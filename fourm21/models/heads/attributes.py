@@ -1,0 +1,58 @@
+"""Multi-attribute classification: one softmax head per attribute group on shared pooled features.
+
+Groups come from config (``groups: {colour: 5, season: 4}``), so adding or removing an attribute
+is one config line. A group's loss uses only the images where that attribute is known.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fourm21.models.heads.base import Head
+from fourm21.models.heads.pooling import MultiScalePool
+
+
+class AttributeHead(Head):
+    name = "attr"
+    source = "backbone"
+
+    def __init__(self, in_channels: list[int], groups: dict[str, int], hidden: int = 256, dropout: float = 0.0,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not groups:
+            raise ValueError("AttributeHead needs at least one group")
+        self.groups = {str(g): int(n) for g, n in groups.items()}
+        self.label_smoothing = label_smoothing
+        self.pool = MultiScalePool(in_channels, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.ModuleDict({g: nn.Linear(self.pool.out_channels, n) for g, n in self.groups.items()})
+
+    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """-> {group: logits (B, K_group)}."""
+        x = self.drop(self.pool(feats))
+        return {g: fc(x) for g, fc in self.fc.items()}
+
+    def loss(self, outputs: dict, batch: dict[str, Any], cache: dict) -> dict[str, torch.Tensor]:
+        raw = outputs[self.name]
+        parts = {}
+        for g in self.groups:
+            target = batch["attributes"].get(g)
+            if target is None:
+                continue
+            known = (target >= 0) & batch["has_attributes"]
+            if known.any():
+                parts[g] = F.cross_entropy(raw[g][known].float(), target[known], label_smoothing=self.label_smoothing)
+        return parts
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict, preds: list[dict], image_size: tuple[int, int]) -> None:
+        """Adds ``attr.<group>.probs`` (K,) and ``attr.<group>.label`` () per image."""
+        for g, logits in outputs[self.name].items():
+            probs = logits.float().softmax(-1)
+            for i, p in enumerate(preds):
+                p[f"attr.{g}.probs"] = probs[i]
+                p[f"attr.{g}.label"] = probs[i].argmax()
