@@ -88,8 +88,20 @@ class Cifar10Dataset(Dataset):
     """Samples with ``image`` and ``label`` only: CIFAR-10 trains the classification head alone."""
 
     def __init__(self, root: str | Path, split: str = "train", transform: Any = None, download: bool = False,
-                 limit: int | None = None, source: str = "cifar10") -> None:
+                 limit: int | None = None, source: str = "cifar10", classes: list[str] | None = None) -> None:
+        """``classes`` keeps only those classes (by name), relabelled 0..len-1 in the given order:
+        e.g. train on five CIFAR-10 classes and hold the other five out for few-shot tests."""
         self.images, self.labels, self.image_class_names = load_cifar10(root, split, download)
+        if classes:
+            unknown = [c for c in classes if c not in self.image_class_names]
+            if unknown:
+                raise DatasetError(f"CIFAR-10 has no class(es) {unknown}; it has {self.image_class_names}")
+            old = [self.image_class_names.index(c) for c in classes]
+            keep = np.isin(self.labels, old)
+            remap = {o: n for n, o in enumerate(old)}
+            self.images = self.images[keep]
+            self.labels = np.array([remap[int(v)] for v in self.labels[keep]], dtype=np.int64)
+            self.image_class_names = list(classes)
         if limit:
             # a seeded random subset, for quick runs and tests
             rng = np.random.default_rng(0)
