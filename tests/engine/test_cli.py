@@ -61,3 +61,11 @@ def test_user_errors_print_one_line(tmp_path):
     assert "CheckpointError" in res.stderr and "missing.ckpt" in res.stderr and "Traceback" not in res.stderr
     res = _run("fourm21-train", ["optim.lr=-1", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path)
     assert res.returncode == 2 and "optim.lr" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_mixed_precision_switch(tmp_path):
+    res = _run("fourm21-train", [*TINY, "trainer.precision=bf16-mixed", "trainer.fast_dev_run=true",
+                                 f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert all(v == v for v in report.values())  # no NaN under bf16 autocast
