@@ -1,0 +1,52 @@
+"""Unlabelled images for self-supervised pretraining: any folder (recursively), each image seen as two views."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fourm21.data.images import list_images, read_image
+from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def build_two_view_transform(img_size: int, min_scale: float = 0.3, color_jitter: float = 0.4) -> A.Compose:
+    """SimCLR-style view: random resized crop, flip, colour jitter, sometimes grey, normalise."""
+    return A.Compose([
+        A.RandomResizedCrop((img_size, img_size), scale=(min_scale, 1.0), interpolation=cv2.INTER_LINEAR),
+        A.HorizontalFlip(p=0.5),
+        A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                      hue=min(0.5, color_jitter / 4), p=0.8),
+        A.ToGray(p=0.2),
+        A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    ])
+
+
+class TwoViewImageFolder(Dataset):
+    """Every image under ``root`` (labels, if any, are ignored) as ``view1``, ``view2``."""
+
+    def __init__(self, root: str | Path, transform: Any, limit: int | None = None, cache: bool = True) -> None:
+        self.files = list_images(root)[:limit] if limit else list_images(root)
+        self.transform = transform
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _image(self, i: int) -> np.ndarray:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        image = read_image(self.files[i])
+        if self._cache is not None:
+            self._cache[i] = image
+        return image
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image = self._image(i)
+        views = [self.transform(image=image)["image"] for _ in range(2)]
+        return {f"view{k + 1}": torch.from_numpy(v.transpose(2, 0, 1).copy()) for k, v in enumerate(views)}
