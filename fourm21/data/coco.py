@@ -51,7 +51,7 @@ class CocoDataset(Dataset):
 
     def __init__(self, img_dir: str | Path, ann_file: str | Path, transform: Any = None,
                  semantic_dir: str | Path | None = None, image_label_key: str | None = "label",
-                 cache: bool = False, source: str = "coco") -> None:
+                 cache: bool = False, source: str = "coco", limit: int | None = None) -> None:
         self.img_dir = Path(img_dir)
         self.ann_file = Path(ann_file)
         self.semantic_dir = Path(semantic_dir) if semantic_dir else None
@@ -59,6 +59,10 @@ class CocoDataset(Dataset):
         self.source = source
         self.coco = load_coco(self.ann_file)
         self.ids = sorted(self.coco.imgs)
+        if limit is not None:  # the first ``limit`` images only: a labelled subset for semi-supervised runs
+            if int(limit) < 1:
+                raise DatasetError(f"{self.ann_file}: limit must be >= 1, got {limit}")
+            self.ids = self.ids[: int(limit)]
         cats = sorted(self.coco.cats)
         self.cat_ids: list[int] = cats  # contiguous index -> original COCO id
         self.cat_to_index = {c: i for i, c in enumerate(cats)}
