@@ -1,4 +1,4 @@
-"""Unlabelled images for self-supervised pretraining: any folder (recursively), each image seen as two views."""
+"""Unlabelled images for self-supervised pretraining: any folder (recursively), each image seen as one or more views."""
 
 from __future__ import annotations
 
@@ -15,24 +15,33 @@ from fourm21.data.images import list_images, read_image
 from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
-def build_two_view_transform(img_size: int, min_scale: float = 0.3, color_jitter: float = 0.4) -> A.Compose:
-    """SimCLR-style view: random resized crop, flip, colour jitter, sometimes grey, normalise."""
-    return A.Compose([
+def build_view_transform(img_size: int, min_scale: float = 0.3, color_jitter: float = 0.4,
+                         gray_p: float = 0.2) -> A.Compose:
+    """A random view: resized crop, flip, colour jitter (SimCLR: strong; SimMIM: none), sometimes grey, normalise."""
+    ops: list[A.BasicTransform] = [
         A.RandomResizedCrop((img_size, img_size), scale=(min_scale, 1.0), interpolation=cv2.INTER_LINEAR),
         A.HorizontalFlip(p=0.5),
-        A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
-                      hue=min(0.5, color_jitter / 4), p=0.8),
-        A.ToGray(p=0.2),
-        A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    ])
+    ]
+    if color_jitter > 0:
+        ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                                 hue=min(0.5, color_jitter / 4), p=0.8))
+    if gray_p > 0:
+        ops.append(A.ToGray(p=gray_p))
+    ops.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    return A.Compose(ops)
 
 
-class TwoViewImageFolder(Dataset):
-    """Every image under ``root`` (labels, if any, are ignored) as ``view1``, ``view2``."""
+class ImageViewsFolder(Dataset):
+    """Every image under ``root`` (labels, if any, are ignored) as ``view1`` ... ``view<views>``.
 
-    def __init__(self, root: str | Path, transform: Any, limit: int | None = None, cache: bool = True) -> None:
+    Two views feed contrastive learning, one feeds masked-image modelling.
+    """
+
+    def __init__(self, root: str | Path, transform: Any, limit: int | None = None, cache: bool = True,
+                 views: int = 2) -> None:
         self.files = list_images(root)[:limit] if limit else list_images(root)
         self.transform = transform
+        self.views = views
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -48,5 +57,5 @@ class TwoViewImageFolder(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image = self._image(i)
-        views = [self.transform(image=image)["image"] for _ in range(2)]
+        views = [self.transform(image=image)["image"] for _ in range(self.views)]
         return {f"view{k + 1}": torch.from_numpy(v.transpose(2, 0, 1).copy()) for k, v in enumerate(views)}

@@ -1,28 +1,42 @@
-"""fourm21-pretrain: self-supervised backbone pretraining on unlabelled images (SimCLR-style contrastive).
+"""fourm21-pretrain: self-supervised backbone pretraining on unlabelled images.
 
-Writes ``backbone.safetensors`` (timm parameter names), which any multitask run loads with
+Two methods: ``simclr`` (contrastive, two views, any backbone) and ``simmim`` (masked-image
+modelling, ViT only); ``method=auto`` picks SimMIM for a ViT and SimCLR otherwise. Writes
+``backbone.safetensors`` (timm parameter names), which any multitask run loads with
 ``model.backbone.checkpoint=PATH``.
 
     fourm21-pretrain data.root=my_photos/ trainer.max_epochs=50
+    fourm21-pretrain backbone=vit_tiny method=simmim
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
+from fourm21.errors import ConfigError, Fourm21Error
 from fourm21.losses.contrastive import nt_xent
+from fourm21.losses.masked_image import masked_pixel_l1
 from fourm21.metrics.report import write_report
 from fourm21.models.backbone import TimmBackbone
+from fourm21.models.masked_image import MaskedImageModel, random_block_mask
+
+METHODS = ("simclr", "simmim")
+
+
+def cosine_schedule(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
 
 
 class ContrastivePretrainer(L.LightningModule):
@@ -48,29 +62,96 @@ class ContrastivePretrainer(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
+        sched = cosine_schedule(opt, max(int(self.trainer.estimated_stepping_batches), 1))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class MaskedImagePretrainer(L.LightningModule):
+    """SimMIM: mask ``mask_ratio`` of the image in ``mask_patch``-pixel blocks, reconstruct the masked pixels."""
+
+    def __init__(self, backbone: dict, mask_ratio: float = 0.6, mask_patch: int = 16, lr: float = 2e-3,
+                 weight_decay: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.mim = MaskedImageModel(TimmBackbone(**backbone))
+        self.backbone = self.mim.backbone
+        p = self.mim.patch_size
+        if mask_patch % p:
+            raise ConfigError(f"mask_patch: {mask_patch} must be a multiple of the ViT patch size {p}")
+        if not 0 < mask_ratio < 1:
+            raise ConfigError(f"mask_ratio: must be in (0, 1), got {mask_ratio}")
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images = batch["view1"]
+        grid = self.mim.grid(tuple(images.shape[-2:]))
+        mask = random_block_mask(images.shape[0], grid, self.hparams.mask_patch // self.mim.patch_size,
+                                 self.hparams.mask_ratio, device=images.device)
+        loss = masked_pixel_l1(self.mim(images, mask), images, mask, self.mim.patch_size)
+        self.log("pretrain/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        sched = cosine_schedule(opt, max(int(self.trainer.estimated_stepping_batches), 1))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def resolve_method(method: str, backbone: TimmBackbone | dict) -> str:
+    """``auto`` -> simmim for a ViT, simclr otherwise; anything else must be a known method."""
+    if method == "auto":
+        name = backbone.name if isinstance(backbone, TimmBackbone) else str(backbone.get("name", ""))
+        return "simmim" if ("vit" in name or "deit" in name) else "simclr"
+    if method not in METHODS:
+        raise ConfigError(f"method: must be one of auto, {', '.join(METHODS)}; got '{method}'")
+    return method
+
+
+def backbone_config(cfg: DictConfig) -> dict:
+    """``backbone`` as a dict; ``backbone=vit_tiny`` names a file of configs/model/backbone/."""
+    if isinstance(cfg.backbone, str):
+        path = Path(CONFIG_DIR) / "model" / "backbone" / f"{cfg.backbone}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+            raise ConfigError(f"backbone: no config '{cfg.backbone}' (known: {known}); "
+                              f"or set backbone.name=<timm model>")
+        with open_dict(cfg):
+            cfg.backbone = OmegaConf.load(path)
+    return OmegaConf.to_container(cfg.backbone, resolve=True)
 
 
 def run_pretrain(cfg: DictConfig) -> dict:
     setup_runtime(cfg)
+    backbone = backbone_config(cfg)
     run_dir = run_dir_of(cfg)
     save_config(cfg, run_dir)
-    dataset = instantiate(cfg.dataset)
+    method = resolve_method(cfg.method, backbone)
+    view = cfg[method]
+    try:
+        dataset = instantiate(cfg.dataset, views=2 if method == "simclr" else 1,
+                              transform={"min_scale": view.min_scale, "color_jitter": view.color_jitter,
+                                         "gray_p": view.gray_p})
+    except InstantiationException as e:  # a bad folder is the user's to fix: one line, not Hydra's wrapper
+        if isinstance(e.__cause__, Fourm21Error):
+            raise e.__cause__ from None
+        raise
+    if len(dataset) < cfg.batch_size:
+        raise ConfigError(f"batch_size: {cfg.batch_size} is more than the {len(dataset)} images under {cfg.data.root}")
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
-    module = ContrastivePretrainer(OmegaConf.to_container(cfg.backbone, resolve=True), cfg.proj_dim,
-                                   cfg.temperature, cfg.lr, cfg.weight_decay)
+    if method == "simclr":
+        module = ContrastivePretrainer(backbone, view.proj_dim, view.temperature, cfg.lr, cfg.weight_decay)
+    else:
+        module = MaskedImagePretrainer(backbone, view.mask_ratio, view.mask_patch, cfg.lr, cfg.weight_decay)
     logger = L.pytorch.loggers.CSVLogger(str(run_dir), name="logs", version="")
     trainer = instantiate(cfg.trainer, logger=logger, default_root_dir=str(run_dir), enable_checkpointing=False)
     trainer.fit(module, loader)
     out = run_dir / "backbone.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in module.backbone.body.state_dict().items()}, str(out),
-              metadata={"backbone": module.backbone.name, "method": "simclr"})
+              metadata={"backbone": module.backbone.name, "method": method})
     loss = float(trainer.callback_metrics.get("pretrain/loss_epoch", float("nan")))
     report = {"pretrain/loss": loss, "pretrain/images": float(len(dataset))}
-    write_report(run_dir, report, title="fourm21 self-supervised pretraining", notes={"weights": str(out)})
+    write_report(run_dir, report, title=f"fourm21 self-supervised pretraining ({method})",
+                 notes={"weights": str(out), "method": method})
     print(f"backbone weights: {out}  (use: model.backbone.checkpoint={out})")
     return report
 

@@ -1,11 +1,15 @@
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from fourm21.errors import ConfigError
 from fourm21.losses.contrastive import nt_xent
+from fourm21.losses.masked_image import masked_pixel_l1
 from fourm21.models.backbone import TimmBackbone
-from tests.conftest import TINY, TINY_CONVNEXT, run_cli
+from fourm21.models.masked_image import MaskedImageModel, random_block_mask
+from tests.conftest import TINY, TINY_CONVNEXT, TINY_VIT, run_cli
 
 
 def test_nt_xent_rewards_matching_views():
@@ -34,3 +38,64 @@ def test_pretrain_writes_weights_that_a_multitask_run_loads(tmp_path, shapes_roo
                                     f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
                   tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_block_mask_has_the_asked_ratio_in_whole_blocks():
+    mask = random_block_mask(4, (8, 8), block=2, ratio=0.5, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (4, 8, 8) and mask.dtype == torch.bool
+    assert (mask.flatten(1).sum(1) == 32).all()  # 8 of the 16 2x2 blocks
+    blocks = mask.view(4, 4, 2, 4, 2)
+    assert (blocks.all(dim=(2, 4)) == blocks.any(dim=(2, 4))).all()  # each 2x2 block is all or nothing
+
+
+def test_masked_pixel_loss_ignores_visible_patches():
+    images = torch.zeros(1, 3, 16, 16)
+    mask = torch.tensor([[[True, False], [False, False]]])
+    pred = torch.zeros(1, 3, 16, 16)
+    pred[..., 8:, :] = 5.0  # wrong only where nothing is masked
+    assert masked_pixel_l1(pred, images, mask, patch_size=8) == 0
+    pred[..., :8, :8] = 1.0  # wrong in the masked patch
+    assert masked_pixel_l1(pred, images, mask, patch_size=8) == pytest.approx(1.0)
+
+
+def test_masked_image_model_replaces_masked_tokens_only():
+    mim = MaskedImageModel(TimmBackbone(**TINY_VIT)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    none = torch.zeros(2, 8, 8, dtype=torch.bool)
+    assert torch.allclose(mim.encode(x, none), mim.backbone.body(x)[-1], atol=1e-5)
+    masked = none.clone()
+    masked[:, :4] = True
+    assert not torch.allclose(mim.encode(x, masked), mim.backbone.body(x)[-1], atol=1e-3)
+    assert mim(x, masked).shape == x.shape
+    with pytest.raises(ConfigError, match="needs a ViT"):
+        MaskedImageModel(TimmBackbone(**TINY_CONVNEXT))
+
+
+def test_simmim_pretrain_changes_the_vit_and_its_weights_load(tmp_path, shapes_root):
+    out = tmp_path / "mim"
+    res = run_cli("fourm21-pretrain", [f"data.root={shapes_root / 'images/train'}", "batch_size=8",
+                                       "model/backbone@backbone=vit_tiny", "trainer.max_epochs=2",
+                                       "+backbone.embed_dim=48", "+backbone.depth=2", "+backbone.num_heads=2",
+                                       "trainer.enable_model_summary=false", f"hydra.run.dir={out}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["pretrain/loss"] > 0 and "simmim" in (out / "report.md").read_text()
+    weights = out / "backbone.safetensors"
+    state = load_file(str(weights))
+    torch.manual_seed(42)
+    fresh = TimmBackbone(**TINY_VIT)
+    changed = [k for k, v in fresh.body.state_dict().items() if not torch.allclose(v, state[k])]
+    assert any("blocks" in k for k in changed) and any("patch_embed" in k for k in changed)
+    loaded = TimmBackbone(**dict(TINY_VIT, checkpoint=str(weights)))
+    for k, v in loaded.body.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+
+
+def test_pretrain_rejects_an_unknown_method_and_backbone(tmp_path, shapes_root):
+    res = run_cli("fourm21-pretrain", [f"data.root={shapes_root / 'images/train'}", "method=byol",
+                                       f"hydra.run.dir={tmp_path / 'x'}"], tmp_path)
+    assert res.returncode == 2 and "method: must be one of" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = run_cli("fourm21-pretrain", [f"data.root={shapes_root / 'images/train'}", "backbone=nonesuch",
+                                       f"hydra.run.dir={tmp_path / 'y'}"], tmp_path)
+    assert res.returncode == 2 and "backbone: no config 'nonesuch'" in res.stderr
