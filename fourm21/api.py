@@ -1,4 +1,4 @@
-"""The Python API: ``model = fourm21.load(path)``; ``model.predict(images)``.
+"""The Python API: ``model = fourm21.load(path)``; ``model.predict(images)``; ``model.predict_video(path)``.
 
 ``path`` is a Lightning checkpoint (``.ckpt``, read with ``weights_only=True``) or a directory
 written by ``fourm21-export`` (safetensors: no pickle, no Lightning; ONNX: run by ONNX Runtime;
@@ -8,8 +8,10 @@ original image's pixels, decoded by the same heads' ``postprocess`` whatever ran
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from PIL import Image
 from fourm21.data.geometry import unletterbox
 from fourm21.data.images import read_image, to_rgb
 from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fourm21.data.video import VideoReader, VideoSource
 from fourm21.errors import CheckpointError
 from fourm21.losses.masks import box_crop_weights
 from fourm21.models.multitask import MultiTaskNet, build_model
@@ -102,7 +105,6 @@ class Fourm21Model:
         return torch.from_numpy(out.transpose(2, 0, 1).copy()), {"orig_size": (h, w), "scale": size / max(h, w),
                                                                   "file_name": name}
 
-    @torch.no_grad()
     def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 16,
                 img_size: int | None = None, captions: Sequence[str] | None = None) -> list[dict[str, torch.Tensor]]:
         """Predictions per image: boxes (N, 4) xyxy, scores, labels, masks (N, H, W) bool, semantic (H, W),
@@ -114,22 +116,83 @@ class Fourm21Model:
             raise ValueError(f"{len(captions)} captions for {len(images)} images")
         results: list[dict[str, torch.Tensor]] = []
         for start in range(0, len(images), batch_size):
-            chunk = [self.preprocess(im, img_size) for im in images[start:start + batch_size]]
-            batch = torch.stack([c[0] for c in chunk]).to(self.device)
-            tokens = None
-            if captions is not None and "mlc" in self.net.heads:
-                from fourm21.data.text import tokenize
-                buckets = self.model_config["heads"]["mlc"].get("text", {}).get("num_buckets", 4096)
-                tokens = torch.stack([tokenize(c, buckets) for c in captions[start:start + batch_size]])
-                tokens = tokens.to(self.device)
-            outputs = self.runner(batch) if self.runner is not None else self.net(batch, tokens)
-            # an end-to-end ONNX graph returns decoded predictions already
-            preds = outputs if isinstance(outputs, list) else self.net.postprocess(outputs, tuple(batch.shape[-2:]))
-            mask_thr = self.net.heads["inst"].mask_thr if "inst" in self.net.heads else 0.5
-            for p, (_, meta) in zip(preds, chunk):
-                p = {k: v.cpu() for k, v in p.items() if k != "locations"}
-                results.append(unletterbox(p, meta["orig_size"], meta["scale"], mask_thr))
+            texts = captions[start:start + batch_size] if captions is not None else None
+            results += self._predict_batch(images[start:start + batch_size], img_size, texts)
         return results
+
+    def predict_video(self, source: VideoSource, batch_size: int = 1, img_size: int | None = None,
+                      max_frames: int | None = None) -> VideoPredictions:
+        """Predictions frame by frame for a video file or a camera (``0`` = the first webcam).
+
+        Returns a lazy iterator of ``FramePrediction`` (index, time_s, image, pred as ``predict`` gives):
+        ``batch_size`` frames are decoded and run at a time, so a video of any length never sits in
+        memory. The source is opened here: a missing file, a file that is not a video or an absent
+        camera raises ``DatasetError`` at once. ``max_frames`` stops a camera (or a long file) early."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return VideoPredictions(self, VideoReader(source, max_frames), batch_size, img_size)
+
+    @torch.no_grad()
+    def _predict_batch(self, images: Sequence[ImageLike], img_size: int | None = None,
+                       captions: Sequence[str] | None = None) -> list[dict[str, torch.Tensor]]:
+        """One forward pass over ``images``; predictions in each image's original pixels."""
+        chunk = [self.preprocess(im, img_size) for im in images]
+        batch = torch.stack([c[0] for c in chunk]).to(self.device)
+        tokens = None
+        if captions is not None and "mlc" in self.net.heads:
+            from fourm21.data.text import tokenize
+            buckets = self.model_config["heads"]["mlc"].get("text", {}).get("num_buckets", 4096)
+            tokens = torch.stack([tokenize(c, buckets) for c in captions]).to(self.device)
+        outputs = self.runner(batch) if self.runner is not None else self.net(batch, tokens)
+        # an end-to-end ONNX graph returns decoded predictions already
+        preds = outputs if isinstance(outputs, list) else self.net.postprocess(outputs, tuple(batch.shape[-2:]))
+        mask_thr = self.net.heads["inst"].mask_thr if "inst" in self.net.heads else 0.5
+        return [unletterbox({k: v.cpu() for k, v in p.items() if k != "locations"}, meta["orig_size"],
+                            meta["scale"], mask_thr) for p, (_, meta) in zip(preds, chunk)]
+
+
+@dataclass(frozen=True)
+class FramePrediction:
+    """One video frame and its predictions: ``index`` in the stream, ``time_s`` seconds from its start,
+    ``image`` (H, W, 3) uint8 RGB and ``pred`` (the dict ``Fourm21Model.predict`` gives per image)."""
+
+    index: int
+    time_s: float
+    image: np.ndarray
+    pred: dict[str, torch.Tensor]
+
+
+class VideoPredictions(Iterator[FramePrediction]):
+    """What ``predict_video`` returns: an iterator of ``FramePrediction`` that reads the source only as far
+    as it is consumed. ``name``, ``fps`` (0 if unknown), ``frame_count`` (None for a camera), ``width``,
+    ``height`` describe the source; ``close()`` (or a ``with`` block) releases it early."""
+
+    def __init__(self, model: Fourm21Model, reader: VideoReader, batch_size: int = 1,
+                 img_size: int | None = None) -> None:
+        self.reader = reader
+        self.name, self.fps, self.frame_count = reader.name, reader.fps, reader.frame_count
+        self.width, self.height = reader.width, reader.height
+        self._frames = iter(reader)
+        self._model, self._batch_size, self._img_size = model, batch_size, img_size
+        self._ready: list[FramePrediction] = []
+
+    def __next__(self) -> FramePrediction:
+        if not self._ready:
+            frames = list(itertools.islice(self._frames, self._batch_size))
+            if not frames:
+                raise StopIteration
+            preds = self._model._predict_batch([f.image for f in frames], self._img_size)
+            self._ready = [FramePrediction(f.index, f.time_s, f.image, p) for f, p in zip(frames, preds)][::-1]
+        return self._ready.pop()
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> VideoPredictions:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Fourm21Model:

@@ -1,49 +1,65 @@
-"""fourm21-predict: run a trained model on your images; overlays, predictions.json and a summary.
+"""fourm21-predict: run a trained model on images, videos or a camera; overlays, predictions and a summary.
 
     fourm21-predict ckpt_path=runs/.../best.ckpt source=photos/ score_thr=0.4
+    fourm21-predict ckpt_path=runs/.../best.ckpt source=clip.mp4     # or source=0 for the webcam
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from pycocotools import mask as mask_utils
-from rich.progress import Progress
+from rich.progress import Progress, TextColumn
 
-from fourm21.api import Fourm21Model, load
-from fourm21.data.images import list_images, read_image
+from fourm21.api import Fourm21Model, FramePrediction, load
+from fourm21.data.images import read_image
+from fourm21.data.video import list_media
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of
-from fourm21.metrics.plots import save_overlay
+from fourm21.errors import ConfigError
+from fourm21.metrics.plots import render_overlay, save_overlay
 
 
-def prediction_entries(pred: dict[str, torch.Tensor], image_id: int, class_names: list[str],
-                       cat_ids: list[int] | None = None) -> list[dict]:
-    """COCO results entries (bbox xywh, score, category, RLE mask) for one image's detections.
+def detection_entries(pred: dict[str, torch.Tensor], class_names: list[str], cat_ids: list[int] | None = None,
+                      masks: bool = True) -> list[dict]:
+    """One dict per detection: bbox [x0, y0, x1, y1] in original pixels, score, category id and name,
+    area, and (with ``masks``, when the model has a mask head) the RLE ``segmentation``.
 
     ``cat_ids`` maps contiguous labels to the training data's category ids (COCO's 1..90); without
     it, ids are label + 1."""
     if "boxes" not in pred:
         return []
     entries = []
-    masks = pred.get("masks")
-    rles = mask_utils.encode(np.asfortranarray(masks.numpy().astype(np.uint8).transpose(1, 2, 0))) \
-        if masks is not None and len(masks) else []
+    m = pred.get("masks") if masks else None
+    rles = mask_utils.encode(np.asfortranarray(m.numpy().astype(np.uint8).transpose(1, 2, 0))) \
+        if m is not None and len(m) else []
     for i, (box, score, label) in enumerate(zip(pred["boxes"].tolist(), pred["scores"].tolist(),
                                                 pred["labels"].tolist())):
-        e = {"id": 0, "image_id": image_id, "category_id": cat_ids[int(label)] if cat_ids else int(label) + 1,
-             "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": round(float(score), 5),
-             "area": (box[2] - box[0]) * (box[3] - box[1]), "iscrowd": 0,
-             "category_name": class_names[int(label)] if int(label) < len(class_names) else str(int(label))}
+        e = {"bbox": box, "score": round(float(score), 5),
+             "category_id": cat_ids[int(label)] if cat_ids else int(label) + 1,
+             "category_name": class_names[int(label)] if int(label) < len(class_names) else str(int(label)),
+             "area": (box[2] - box[0]) * (box[3] - box[1])}
         if len(rles):
             e["segmentation"] = {"size": rles[i]["size"], "counts": rles[i]["counts"].decode("ascii")}
             e["area"] = float(mask_utils.area(rles[i]))
         entries.append(e)
+    return entries
+
+
+def prediction_entries(pred: dict[str, torch.Tensor], image_id: int, class_names: list[str],
+                       cat_ids: list[int] | None = None) -> list[dict]:
+    """COCO results entries (bbox xywh, score, category, RLE mask) for one image's detections."""
+    entries = []
+    for d in detection_entries(pred, class_names, cat_ids):
+        x0, y0, x1, y1 = d.pop("bbox")
+        entries.append({"id": 0, "image_id": image_id, "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0, **d})
     return entries
 
 
@@ -87,58 +103,192 @@ def read_captions(path: str | None) -> dict[str, str]:
     return {Path(r["ImageID"]).name: r["Caption"] for r in read_csv_rows(path, ["ImageID", "Caption"])}
 
 
-def run_predict(cfg: DictConfig) -> dict:
-    run_dir = run_dir_of(cfg)
-    files = list_images(cfg.source)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model: Fourm21Model = load(cfg.ckpt_path, device)
-    model.set_thresholds(cfg.score_thr, cfg.get("iou_thr"), cfg.get("max_det"))
+def overlay_caption_lines(pred: dict[str, torch.Tensor], model: Fourm21Model) -> list[str]:
+    """The attribute and multi-label lines drawn in the top left of an overlay."""
+    extra = image_label_entries(pred, model)
+    lines = [f"{g}: {v['value']} {v['score']:.2f}" for g, v in extra.get("attributes", {}).items()]
+    if "labels" in extra:
+        lines.append("labels: " + (", ".join(f"{x['name']} {x['score']:.2f}" for x in extra["labels"]) or "none"))
+    return lines
+
+
+def frame_record(frame: FramePrediction, model: Fourm21Model, masks: bool = True) -> dict:
+    """One JSON line of a video: frame index, time, size, image class, attributes / labels, detections
+    (bbox xyxy in original pixels, score, category id and name, RLE mask with ``masks``)."""
+    h, w = frame.image.shape[:2]
+    record: dict = {"frame": frame.index, "time_s": round(frame.time_s, 4), "width": w, "height": h}
+    cls = classification_entry(frame.pred, model.image_class_names)
+    if cls is not None:
+        record["classification"] = cls
+    record.update(image_label_entries(frame.pred, model))
+    dets = detection_entries(frame.pred, model.class_names, model.meta.get("cat_ids"), masks)
+    for d in dets:
+        d["bbox"] = [round(v, 2) for v in d["bbox"]]
+    record["detections"] = dets
+    return record
+
+
+class AnnotatedVideo:
+    """An mp4 written frame by frame; the size is fixed by the first frame (padded to even sides, which
+    mp4 encoders need), later frames are fitted to it."""
+
+    def __init__(self, path: Path, fps: float, fourcc: str) -> None:
+        self.path, self.fps, self.fourcc = path, fps, fourcc
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] = (0, 0)
+
+    def write(self, rgb: np.ndarray) -> None:
+        """Append one (H, W, 3) uint8 RGB frame."""
+        if self._writer is None:
+            h, w = rgb.shape[:2]
+            self._size = (w + w % 2, h + h % 2)
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, self._size)
+            if not self._writer.isOpened():
+                raise ConfigError(f"video_fourcc: OpenCV cannot write {self.path} with {self.fourcc!r}")
+        h, w = rgb.shape[:2]
+        if (w + w % 2, h + h % 2) == self._size:
+            rgb = cv2.copyMakeBorder(rgb, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE) if h % 2 or w % 2 else rgb
+        else:
+            rgb = cv2.resize(rgb, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def release(self) -> bool:
+        """Finish the file; False when no frame was written (and no file exists)."""
+        if self._writer is None:
+            return False
+        self._writer.release()
+        return True
+
+
+def _rate(done: int, start: float, unit: str) -> str:
+    elapsed = time.perf_counter() - start
+    return f"{done / elapsed:.1f} {unit}/s" if elapsed > 0 and done else ""
+
+
+def _new_progress() -> Progress:
+    return Progress(*Progress.get_default_columns(), TextColumn("{task.fields[rate]}"), transient=False)
+
+
+def predict_images(cfg: DictConfig, model: Fourm21Model, files: list[Path], run_dir: Path,
+                   progress: Progress, report: list[str]) -> dict:
+    """Overlays and the COCO-format ``predictions.json`` for image files; returns its content and adds
+    the summary lines to ``report``."""
     overlays = run_dir / "overlays"
     if cfg.save_overlays:
         overlays.mkdir(parents=True, exist_ok=True)
     captions = read_captions(cfg.get("captions"))
     images, annotations, counts, top_classes = [], [], Counter(), Counter()
-    with Progress(transient=False) as progress:
-        task = progress.add_task("predicting", total=len(files))
-        for start in range(0, len(files), cfg.batch_size):
-            chunk = files[start:start + cfg.batch_size]
-            arrays = [read_image(f) for f in chunk]
-            texts = [captions.get(Path(f).name, "") for f in chunk] if captions else None
-            preds = model.predict(arrays, batch_size=len(arrays), img_size=cfg.get("img_size"), captions=texts)
-            for f, arr, pred in zip(chunk, arrays, preds):
-                image_id = len(images) + 1
-                h, w = arr.shape[:2]
-                entry = {"id": image_id, "file_name": str(f), "height": h, "width": w}
-                cls = classification_entry(pred, model.image_class_names)
-                if cls is not None:
-                    entry["classification"] = cls
-                    top_classes[cls["class_name"]] += 1
-                entry.update(image_label_entries(pred, model))
-                images.append(entry)
-                dets = prediction_entries(pred, image_id, model.class_names, model.meta.get("cat_ids"))
-                for d in dets:
-                    d["id"] = len(annotations) + 1
-                    annotations.append(d)
-                    counts[d["category_name"]] += 1
-                if cfg.save_overlays:
-                    extra = image_label_entries(pred, model)
-                    lines = [f"{g}: {v['value']} {v['score']:.2f}" for g, v in extra.get("attributes", {}).items()]
-                    if "labels" in extra:
-                        lines.append("labels: " + (", ".join(f"{x['name']} {x['score']:.2f}" for x in extra["labels"])
-                                                   or "none"))
-                    save_overlay(arr, pred, model.class_names, model.image_class_names,
-                                 overlays / f"{image_id:06d}_{Path(f).stem}.png", cfg.score_thr, cfg.show_semantic,
-                                 caption_lines=lines)
-                progress.advance(task)
+    task = progress.add_task("images", total=len(files), rate="")
+    start = time.perf_counter()
+    for first in range(0, len(files), cfg.batch_size):
+        chunk = files[first:first + cfg.batch_size]
+        arrays = [read_image(f) for f in chunk]
+        texts = [captions.get(Path(f).name, "") for f in chunk] if captions else None
+        preds = model.predict(arrays, batch_size=len(arrays), img_size=cfg.get("img_size"), captions=texts)
+        for f, arr, pred in zip(chunk, arrays, preds):
+            image_id = len(images) + 1
+            h, w = arr.shape[:2]
+            entry = {"id": image_id, "file_name": str(f), "height": h, "width": w}
+            cls = classification_entry(pred, model.image_class_names)
+            if cls is not None:
+                entry["classification"] = cls
+                top_classes[cls["class_name"]] += 1
+            entry.update(image_label_entries(pred, model))
+            images.append(entry)
+            dets = prediction_entries(pred, image_id, model.class_names, model.meta.get("cat_ids"))
+            for d in dets:
+                d["id"] = len(annotations) + 1
+                annotations.append(d)
+                counts[d["category_name"]] += 1
+            if cfg.save_overlays:
+                save_overlay(arr, pred, model.class_names, model.image_class_names,
+                             overlays / f"{image_id:06d}_{Path(f).stem}.png", cfg.score_thr, cfg.show_semantic,
+                             caption_lines=overlay_caption_lines(pred, model))
+        progress.update(task, advance=len(chunk), rate=_rate(len(images), start, "images"))
     cat_ids = model.meta.get("cat_ids") or list(range(1, len(model.class_names) + 1))
     categories = [{"id": c, "name": n} for c, n in zip(cat_ids, model.class_names)]
     result = {"images": images, "annotations": annotations, "categories": categories}
     (run_dir / "predictions.json").write_text(json.dumps(result))
-    print(f"{len(images)} images, {len(annotations)} detections"
-          + (f": {dict(counts.most_common(10))}" if counts else ""))
+    report.append(f"{len(images)} images, {len(annotations)} detections"
+                  + (f": {dict(counts.most_common(10))}" if counts else ""))
     if top_classes:
-        print(f"image classes: {dict(top_classes.most_common(10))}")
-    print(f"results: {run_dir / 'predictions.json'}" + (f", overlays: {overlays}" if cfg.save_overlays else ""))
+        report.append(f"image classes: {dict(top_classes.most_common(10))}")
+    report.append(f"results: {run_dir / 'predictions.json'}" + (f", overlays: {overlays}" if cfg.save_overlays else ""))
+    return result
+
+
+def predict_video(cfg: DictConfig, model: Fourm21Model, source: Path | int, out_stem: Path,
+                  progress: Progress, report: list[str]) -> dict:
+    """One video or camera through ``model.predict_video``: ``<out_stem>.jsonl`` (a line per frame) and,
+    with ``save_overlays``, the annotated ``<out_stem>.mp4``. Ctrl-C ends a camera stream cleanly."""
+    stream = model.predict_video(source, batch_size=cfg.batch_size, img_size=cfg.get("img_size"),
+                                 max_frames=cfg.max_frames)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    lines_file = out_stem.with_suffix(".jsonl")
+    video = AnnotatedVideo(out_stem.with_suffix(".mp4"), stream.fps or 30.0, str(cfg.video_fourcc))
+    frames, counts = 0, Counter()
+    task = progress.add_task(stream.name, total=stream.frame_count, rate="")
+    start = time.perf_counter()
+    try:
+        with stream, lines_file.open("w") as lines:
+            for frame in stream:
+                record = frame_record(frame, model, cfg.video_masks)
+                lines.write(json.dumps(record) + "\n")
+                counts.update(d["category_name"] for d in record["detections"])
+                if cfg.save_overlays:
+                    video.write(render_overlay(frame.image, frame.pred, model.class_names, model.image_class_names,
+                                               cfg.score_thr, cfg.show_semantic,
+                                               overlay_caption_lines(frame.pred, model)))
+                frames += 1
+                progress.update(task, advance=1, rate=_rate(frames, start, "frames"))
+    except KeyboardInterrupt:
+        if not stream.reader.is_camera:
+            raise
+    finally:
+        written = video.release()
+    seconds = time.perf_counter() - start
+    summary = {"source": str(source), "frames": frames, "detections": sum(counts.values()),
+               "frames_per_s": round(frames / seconds, 2) if seconds > 0 else None,
+               "jsonl": str(lines_file), "video": str(video.path) if written else None}
+    report.append(f"{stream.name}: {frames} frames ({summary['frames_per_s']} frames/s), {summary['detections']} "
+                  "detections" + (f": {dict(counts.most_common(10))}" if counts else ""))
+    report.append(f"results: {lines_file}" + (f", {video.path}" if written else ""))
+    return summary
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The predict keys a run would otherwise trip over half-way."""
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size: must be >= 1, got {cfg.batch_size}")
+    if cfg.max_frames is not None and cfg.max_frames < 1:
+        raise ConfigError(f"max_frames: must be >= 1 or null, got {cfg.max_frames}")
+    if len(str(cfg.video_fourcc)) != 4:
+        raise ConfigError(f"video_fourcc: four characters such as mp4v, got {cfg.video_fourcc!r}")
+
+
+def run_predict(cfg: DictConfig) -> dict:
+    """Images -> overlays + predictions.json; each video (or camera) -> videos/<name>.mp4 + .jsonl."""
+    check_config(cfg)
+    run_dir = run_dir_of(cfg)
+    files, videos = list_media(cfg.source)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model: Fourm21Model = load(cfg.ckpt_path, device)
+    model.set_thresholds(cfg.score_thr, cfg.get("iou_thr"), cfg.get("max_det"))
+    result: dict = {}
+    report: list[str] = []
+    with _new_progress() as progress:
+        if files:
+            result = predict_images(cfg, model, files, run_dir, progress, report)
+        stems: Counter[str] = Counter()
+        summaries = []
+        for source in videos:
+            stem = f"camera{source}" if isinstance(source, int) else Path(source).stem
+            stems[stem] += 1
+            name = stem if stems[stem] == 1 else f"{stem}_{stems[stem]}"  # same name in two sub-folders
+            summaries.append(predict_video(cfg, model, source, run_dir / "videos" / name, progress, report))
+        if summaries:
+            result["videos"] = summaries
+    print("\n".join(report))
     return result
 
 

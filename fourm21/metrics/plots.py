@@ -131,10 +131,10 @@ def draw_prediction(ax: plt.Axes, image: np.ndarray, pred: dict[str, torch.Tenso
     ax.axis("off")
 
 
-def save_overlay(image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
-                 image_class_names: Sequence[str], out_file: str | Path, score_thr: float = 0.3,
-                 semantic: bool = False, caption_lines: Sequence[str] = ()) -> Path:
-    """One image's predictions drawn at its own size (uint8 RGB input), as a PNG."""
+def _overlay_figure(image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
+                    image_class_names: Sequence[str], score_thr: float, semantic: bool,
+                    caption_lines: Sequence[str]) -> plt.Figure:
+    """The figure ``save_overlay`` and ``render_overlay`` share: the image at its own size, ~400 px at least."""
     h, w = image.shape[:2]
     zoom = max(1.0, 400 / max(h, w))  # small images are enlarged to ~400 px on the long side
     fig_h = h * zoom / 100 + 0.35
@@ -145,9 +145,28 @@ def save_overlay(image: np.ndarray, pred: dict[str, torch.Tensor], class_names: 
     for k, line in enumerate(caption_lines):  # attributes and multi-labels, top left
         ax.text(0.01, 0.99 - 0.06 * k, line, transform=ax.transAxes, fontsize=8, va="top", color="white",
                 bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "lw": 0})
+    return fig
+
+
+def save_overlay(image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
+                 image_class_names: Sequence[str], out_file: str | Path, score_thr: float = 0.3,
+                 semantic: bool = False, caption_lines: Sequence[str] = ()) -> Path:
+    """One image's predictions drawn at its own size (uint8 RGB input), as a PNG."""
+    fig = _overlay_figure(image, pred, class_names, image_class_names, score_thr, semantic, caption_lines)
     fig.savefig(out_file)
     plt.close(fig)
     return Path(out_file)
+
+
+def render_overlay(image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
+                   image_class_names: Sequence[str], score_thr: float = 0.3, semantic: bool = False,
+                   caption_lines: Sequence[str] = ()) -> np.ndarray:
+    """The picture ``save_overlay`` writes, as an (H', W', 3) uint8 RGB array (a video frame)."""
+    fig = _overlay_figure(image, pred, class_names, image_class_names, score_thr, semantic, caption_lines)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return pixels
 
 
 def plot_prediction_grid(images: torch.Tensor, preds: list[dict[str, torch.Tensor]], class_names: Sequence[str],
