@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
 
 from fourm21.data.collate import collate_samples
 from fourm21.data.mixed import RatioBatchSampler
@@ -49,6 +50,13 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_sets: dict[str, Dataset] = {}
         self.val_sets: dict[str, Dataset] = {}
+        self.unlabelled_set: Dataset | None = None
+        self.unlabelled_batch_size = 0
+
+    def attach_unlabelled(self, dataset: Dataset, batch_size: int) -> None:
+        """Semi-supervised runs: every training batch becomes ``{"sup": labelled, "unsup": unlabelled}``."""
+        self.unlabelled_set = dataset
+        self.unlabelled_batch_size = int(batch_size)
 
     def _bs(self, name: str) -> int:
         return int(self.batch_size[name]) if isinstance(self.batch_size, Mapping) else int(self.batch_size)
@@ -86,7 +94,18 @@ class MultiTaskDataModule(L.LightningDataModule):
                           collate_fn=collate_samples, pin_memory=self.pin_memory, drop_last=shuffle,
                           persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        labelled = self._labelled_loader()
+        if self.unlabelled_set is None:
+            return labelled
+        # as many unlabelled batches as labelled ones, reshuffled (and cycled) every epoch
+        sampler = RandomSampler(self.unlabelled_set, num_samples=len(labelled) * self.unlabelled_batch_size)
+        unlabelled = DataLoader(self.unlabelled_set, batch_size=self.unlabelled_batch_size, sampler=sampler,
+                                drop_last=True, num_workers=self.num_workers, collate_fn=collate_samples,
+                                pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+        return CombinedLoader({"sup": labelled, "unsup": unlabelled}, mode="min_size")
+
+    def _labelled_loader(self) -> DataLoader:
         if len(self.train_sets) == 1:
             name, ds = next(iter(self.train_sets.items()))
             return self._loader(ds, self._bs(name), shuffle=True)

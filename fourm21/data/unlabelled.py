@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fourm21.data.images import list_images, read_image
-from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_dense_transform
 
 
 def build_view_transform(img_size: int, min_scale: float = 0.3, color_jitter: float = 0.4,
@@ -59,3 +59,40 @@ class ImageViewsFolder(Dataset):
         image = self._image(i)
         views = [self.transform(image=image)["image"] for _ in range(self.views)]
         return {f"view{k + 1}": torch.from_numpy(v.transpose(2, 0, 1).copy()) for k, v in enumerate(views)}
+
+
+class UnlabelledImages(Dataset):
+    """Every image under ``root`` as a Sample with no targets (for pseudo-labelling); labels, if any, ignored.
+
+    ``transform`` is one of the labelled pipelines (``build_dense_transform`` or
+    ``build_classification_transform``), so unlabelled images get the same size and normalisation.
+    """
+
+    def __init__(self, root: str | Path, transform: Any, limit: int | None = None, cache: bool = True,
+                 source: str = "unlabelled") -> None:
+        self.root = Path(root)
+        self.files = list_images(root)[:limit] if limit else list_images(root)
+        self.transform = transform
+        self.source = source
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self._cache is not None and i in self._cache:
+            image = self._cache[i]
+        else:
+            image = read_image(self.files[i])
+            if self._cache is not None:
+                self._cache[i] = image
+        h, w = image.shape[:2]
+        if "bboxes" in getattr(self.transform, "processors", {}):
+            out = apply_dense_transform(self.transform, image, np.zeros((0, 4), np.float32), None, None)["image"]
+        else:
+            out = self.transform(image=image)["image"]
+        size = out.shape[:2]
+        return {"image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float(),
+                "meta": {"image_id": i, "source": self.source, "orig_size": (h, w), "scale": max(size) / max(h, w),
+                         "file_name": str(self.files[i].relative_to(self.root)) if self.root.is_dir()
+                         else self.files[i].name}}

@@ -9,8 +9,11 @@ from typing import Any
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fourm21.engine.pseudo_labels import photometric_jitter, pseudo_targets
+from fourm21.errors import ConfigError
 from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.metrics.evaluator import MultiTaskEvaluator, selection_score
 from fourm21.models.multitask import MultiTaskNet, build_model
@@ -23,7 +26,8 @@ class MultiTaskModule(L.LightningModule):
     rebuilds the exact network without the original config files.
     """
 
-    def __init__(self, model: dict, loss: dict, optim: dict, meta: dict | None = None) -> None:
+    def __init__(self, model: dict, loss: dict, optim: dict, meta: dict | None = None,
+                 semi: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         # what inference needs besides weights: input size, normalisation, class names (filled in setup)
@@ -31,6 +35,15 @@ class MultiTaskModule(L.LightningModule):
         self.model: MultiTaskNet = build_model(OmegaConf.create(model))
         self.criterion = MultiTaskLoss(**loss)
         self.optim_cfg = dict(optim)
+        # semi-supervised pseudo-labels (fourm21.engine.pseudo_labels); the EMA teacher is saved with the run
+        self.semi = dict(semi) if semi and semi.get("enabled") else None
+        self.teacher: AveragedModel | None = None
+        if self.semi is not None and self.semi.get("teacher", "ema") not in ("ema", "student"):
+            raise ConfigError(f"semi.teacher: must be ema or student, got '{self.semi['teacher']}'")
+        if self.semi is not None and self.semi.get("teacher", "ema") == "ema":
+            decay = float(self.semi.get("ema_decay", 0.999))
+            self.teacher = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            self.teacher.requires_grad_(False)
         self.evaluators: list[MultiTaskEvaluator] = []
         self.val_set_names: list[str] = []
         # first val batch's images and predictions per val loader, for the plots
@@ -42,7 +55,9 @@ class MultiTaskModule(L.LightningModule):
         to = lambda c: OmegaConf.to_container(c, resolve=True)  # noqa: E731
         meta = {"img_size": cfg.data.get("img_size"), "data": cfg.data.get("name"),
                 "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-        return cls(model=to(cfg.model), loss=to(cfg.loss), optim=to(cfg.optim), meta=meta)
+        semi = cfg.get("semi")
+        return cls(model=to(cfg.model), loss=to(cfg.loss), optim=to(cfg.optim), meta=meta,
+                   semi={k: v for k, v in to(semi).items() if k != "dataset"} if semi and semi.enabled else None)
 
     def forward(self, images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
         return self.model(images)
@@ -59,8 +74,37 @@ class MultiTaskModule(L.LightningModule):
         return total, outputs
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if "sup" in batch and "unsup" in batch:  # semi-supervised: a labelled and an unlabelled batch
+            total, _ = self._step(batch["sup"], "train")
+            if self.semi is not None and self.global_step >= int(self.semi.get("start_step", 0)):
+                total = total + float(self.semi.get("weight", 1.0)) * self._pseudo_label_step(batch["unsup"])
+            return total
         total, _ = self._step(batch, "train")
         return total
+
+    def _pseudo_label_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The teacher labels ``batch`` (its confident predictions only); the student learns them on a jittered view."""
+        teacher = self.teacher.module if self.teacher is not None else self.model
+        was_training = teacher.training
+        teacher.eval()
+        with torch.no_grad():
+            outputs = teacher(batch["image"])
+            preds = teacher.postprocess(outputs, tuple(batch["image"].shape[-2:]))
+        teacher.train(was_training)
+        batch = pseudo_targets(outputs, preds, batch, self.semi.get("thresholds", {}))
+        batch["image"] = photometric_jitter(batch["image"], float(self.semi.get("jitter", 0.4)))
+        total, logs = self.criterion(self.model.loss(self.model(batch["image"]), batch))
+        logs.pop("loss")
+        bs = batch["image"].shape[0]
+        logs.update(batch.pop("pseudo_stats"))
+        self.log_dict({f"train/pseudo/{k.removeprefix('pseudo/')}": v for k, v in logs.items()}, batch_size=bs,
+                      on_step=False, on_epoch=True)
+        self.log("train/pseudo/loss", total.detach(), batch_size=bs, on_step=False, on_epoch=True)
+        return total
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.teacher is not None:
+            self.teacher.update_parameters(self.model)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None

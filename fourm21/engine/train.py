@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import hydra
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
@@ -18,7 +19,7 @@ from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_
 from fourm21.engine.evaluate import evaluate_module, print_summary
 from fourm21.engine.lightning_module import MultiTaskModule
 from fourm21.engine.validate_config import check_config
-from fourm21.errors import ConfigError
+from fourm21.errors import ConfigError, Fourm21Error
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
@@ -56,6 +57,23 @@ def fill_from_data(cfg: DictConfig, datamodule) -> None:
             cfg.model.heads.attr.groups = {g: len(c) for g, c in classes.items()}
 
 
+def attach_unlabelled(cfg: DictConfig, datamodule) -> None:
+    """``semi.enabled``: the unlabelled images join every training batch for pseudo-labelling."""
+    semi = cfg.get("semi")
+    if semi is None or not semi.get("enabled"):
+        return
+    if not hasattr(datamodule, "attach_unlabelled"):
+        raise ConfigError(f"semi.enabled: data '{cfg.data.get('name')}' has no datamodule that takes unlabelled images")
+    datamodule.prepare_data()  # the default unlabelled folder is the generated shapes set
+    try:
+        dataset = instantiate(semi.dataset)
+    except InstantiationException as e:  # a bad folder is the user's to fix: one line, not Hydra's wrapper
+        if isinstance(e.__cause__, Fourm21Error):
+            raise e.__cause__ from None
+        raise
+    datamodule.attach_unlabelled(dataset, semi.batch_size)
+
+
 def run_train(cfg: DictConfig) -> dict[str, float]:
     """Train, evaluate, report. Returns the report's metrics."""
     check_config(cfg)
@@ -64,6 +82,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     save_config(cfg, run_dir)
     datamodule = instantiate(cfg.data.datamodule)
     fill_from_data(cfg, datamodule)
+    attach_unlabelled(cfg, datamodule)
     module = MultiTaskModule.from_config(cfg)
     callbacks = build_callbacks(cfg, run_dir)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg, run_dir) or False,
