@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
+from fourm21.engine.callbacks import NonFiniteGuard
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
 from fourm21.engine.evaluate import evaluate_module, print_summary
 from fourm21.engine.lightning_module import MultiTaskModule
@@ -74,11 +75,28 @@ def attach_unlabelled(cfg: DictConfig, datamodule) -> None:
     datamodule.attach_unlabelled(dataset, semi.batch_size)
 
 
+def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    """``ckpt_path``: null (fresh run), ``last`` (this run dir's checkpoints/last.ckpt) or a file."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if str(ckpt) == "last" else Path(str(ckpt))
+    if not path.is_file():
+        hint = (f"; to resume a run, point hydra.run.dir at its directory (found no {path})" if str(ckpt) == "last"
+                else "")
+        raise ConfigError(f"ckpt_path: checkpoint not found: {path}{hint}")
+    return str(path)
+
+
 def run_train(cfg: DictConfig) -> dict[str, float]:
     """Train, evaluate, report. Returns the report's metrics."""
+    run_dir = run_dir_of(cfg)
+    resume_from = resume_path(cfg, run_dir)
+    if resume_from:
+        with open_dict(cfg):
+            cfg.ckpt_path = resume_from  # `last` -> the file, which check_config compares with this config
     check_config(cfg)
     setup_runtime(cfg)
-    run_dir = run_dir_of(cfg)
     save_config(cfg, run_dir)
     datamodule = instantiate(cfg.data.datamodule)
     fill_from_data(cfg, datamodule)
@@ -88,9 +106,12 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg, run_dir) or False,
                           default_root_dir=str(run_dir))
     t0 = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     train_s = time.time() - t0
     extra = {"time/train_s": train_s}
+    guard = next((c for c in callbacks if isinstance(c, NonFiniteGuard)), None)
+    if guard is not None:
+        extra["train/nonfinite_skipped"] = float(guard.skipped)
     train_loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
     if train_loss is not None:
         extra["train/loss"] = float(train_loss)

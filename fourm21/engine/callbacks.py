@@ -1,0 +1,55 @@
+"""Training guards as Lightning callbacks: skip steps with non-finite gradients, stop after too many in a row."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+
+from fourm21.errors import TrainingError
+
+log = logging.getLogger("fourm21")
+
+
+class NonFiniteGuard(L.Callback):
+    """A NaN/inf loss or gradient skips that optimiser step (the weights stay as they were) and is counted.
+
+    After ``max_in_row`` such steps in a row the run stops with a ``TrainingError``; checkpoints are
+    only written from finite steps, so the last one on disk is good.
+    """
+
+    def __init__(self, max_in_row: int = 20) -> None:
+        if max_in_row < 1:
+            raise ValueError("max_in_row must be >= 1")
+        self.max_in_row = max_in_row
+        self.skipped = 0
+        self.in_row = 0
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        if finite:
+            self.in_row = 0
+            return
+        for group in optimizer.param_groups:  # no gradient, no update: AdamW leaves these weights alone
+            for p in group["params"]:
+                p.grad = None
+        self.skipped += 1
+        self.in_row += 1
+        log.warning("non-finite loss or gradient at step %d: step skipped (%d in a row, %d in all)",
+                    trainer.global_step, self.in_row, self.skipped)
+        module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False)
+        if self.in_row >= self.max_in_row:
+            raise TrainingError(f"{self.in_row} non-finite losses/gradients in a row (step {trainer.global_step}); "
+                                f"stopped. The last checkpoint on disk is from before them. Lower optim.lr, check "
+                                f"the data, or raise callbacks.nonfinite.max_in_row")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "in_row": self.in_row}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+        self.in_row = int(state_dict.get("in_row", 0))
