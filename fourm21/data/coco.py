@@ -5,6 +5,12 @@ Works for real COCO and for the generated shapes set. Category ids are mapped to
 targets (COCOeval handles them); images without annotations are kept. An image-level class is
 read from ``images[i][image_label_key]`` when present, a semantic mask from ``semantic_dir``
 when given, otherwise derived from the instance masks.
+
+The JSON is checked when it is read (``check_coco``): a structural fault (not JSON, a missing
+top-level key, duplicate ids, an unknown category, an annotation without ``image_id``) is a
+DatasetError naming the file and the entry; a fault of one annotation is repaired or the
+annotation dropped, counted in ``CocoDataset.repairs`` and logged once per kind (see ``REPAIRS``).
+The repaired annotations are the ground truth COCOeval scores against too.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,43 +30,180 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from fourm21.data.images import read_image
+from fourm21.data.images import SkipLog, check_policy, read_image_or_skip
 from fourm21.data.sample import IGNORE_INDEX, Sample
 from fourm21.data.transforms import apply_dense_transform
-from fourm21.errors import DatasetError
+from fourm21.errors import BadImageError, DatasetError
+
+log = logging.getLogger(__name__)
+
+# What ``check_coco`` does to a faulty annotation: the DROPPED kinds leave it out, the others repair it.
+REPAIRS = {
+    "missing_image": "annotations whose image_id is not in 'images': dropped",
+    "bad_bbox": "annotations whose bbox is not 4 finite numbers: dropped",
+    "empty_bbox": "annotations with bbox width or height <= 0: dropped",
+    "outside_bbox": "annotations with the bbox entirely outside the image: dropped",
+    "empty_crowd": "crowd annotations without a usable region: dropped",
+    "clipped_bbox": "bboxes partly outside the image: clipped to it",
+    "bad_polygon": "polygon parts with fewer than 3 points: removed",
+    "bad_rle": "RLE masks whose size differs from the image or that are malformed: removed",
+    "box_as_mask": "non-crowd annotations without a usable mask (empty segmentation): the box is the mask",
+    "area": "annotations without a valid area: set to the bbox area",
+}
+DROPPED = ("missing_image", "bad_bbox", "empty_bbox", "outside_bbox", "empty_crowd")
 
 
-def load_coco(ann_file: str | Path) -> COCO:
-    """Read a COCO JSON quietly, with errors that name the file."""
+def load_coco(ann_file: str | Path) -> tuple[COCO, dict[str, int]]:
+    """Read and check a COCO JSON quietly: the index and the repairs made (``{kind: count}``, see REPAIRS)."""
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise DatasetError(f"annotation file not found: {ann_file}")
     try:
-        data = json.loads(ann_file.read_text())
+        data = json.loads(ann_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DatasetError(f"{ann_file}: not a UTF-8 text file (is it a COCO JSON?)") from None
     except json.JSONDecodeError as e:
         raise DatasetError(f"{ann_file}: not valid JSON ({e})") from None
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise DatasetError(f"{ann_file}: missing top-level key '{key}'")
+    repairs = check_coco(data, ann_file)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
-    return coco
+    for kind, n in repairs.items():
+        log.warning("%s: %d %s", ann_file, n, REPAIRS[kind])
+    return coco, repairs
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite(values: Any, n: int | None = None) -> bool:
+    return (isinstance(values, list) and (n is None or len(values) == n) and
+            all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+
+
+def _entries(data: dict, key: str, ann_file: Path) -> list[dict]:
+    entries = data.get(key)
+    if key not in data:
+        raise DatasetError(f"{ann_file}: missing top-level key '{key}' (a COCO file has 'images', 'annotations' "
+                           f"and 'categories')")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise DatasetError(f"{ann_file}: '{key}' must be a list of objects")
+    return entries
+
+
+def _unique_ids(entries: list[dict], key: str, ann_file: Path, required: tuple[str, ...]) -> dict[int, dict]:
+    by_id: dict[int, dict] = {}
+    for i, e in enumerate(entries):
+        for field in required:
+            if field not in e:
+                raise DatasetError(f"{ann_file}: {key}[{i}] has no '{field}'")
+        if not _is_int(e["id"]):
+            raise DatasetError(f"{ann_file}: {key}[{i}] has id {e['id']!r}; ids must be integers")
+        if e["id"] in by_id:
+            raise DatasetError(f"{ann_file}: duplicate {key} id {e['id']} ({key}[{i}]); ids must be unique")
+        by_id[e["id"]] = e
+    return by_id
+
+
+def check_coco(data: Any, ann_file: str | Path) -> dict[str, int]:
+    """Check a parsed COCO dict in place: raise a DatasetError for what cannot be guessed, repair or drop
+    faulty annotations (see REPAIRS). Returns ``{kind: count}`` of the repairs made."""
+    ann_file = Path(ann_file)
+    if not isinstance(data, dict):
+        raise DatasetError(f"{ann_file}: the top level must be a JSON object with 'images', 'annotations' and "
+                           f"'categories', got a {type(data).__name__}")
+    images = _unique_ids(_entries(data, "images", ann_file), "images", ann_file, ("id", "file_name"))
+    annotations = _entries(data, "annotations", ann_file)
+    categories = _unique_ids(_entries(data, "categories", ann_file), "categories", ann_file, ("id", "name"))
+    if not images:
+        raise DatasetError(f"{ann_file}: 'images' is empty")
+    for img in images.values():
+        h, w = img.get("height"), img.get("width")
+        if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
+            raise DatasetError(f"{ann_file}: image {img['id']} ({img['file_name']}) needs positive integer "
+                               f"'height' and 'width', got {h!r} and {w!r}")
+    _unique_ids(annotations, "annotations", ann_file, ("id", "image_id", "category_id"))
+    repairs: Counter[str] = Counter()
+    kept = []
+    for a in annotations:
+        if a["category_id"] not in categories:
+            raise DatasetError(f"{ann_file}: annotation {a['id']} has unknown category_id {a['category_id']!r}; "
+                               f"the categories are {sorted(categories)}")
+        img = images.get(a["image_id"])
+        if img is None:
+            repairs["missing_image"] += 1
+            continue
+        kind = _check_annotation(a, img["height"], img["width"])
+        if kind in DROPPED:
+            repairs[kind] += 1
+            continue
+        repairs.update(kind)
+        kept.append(a)
+    data["annotations"] = kept
+    return dict(repairs)
+
+
+def _check_annotation(a: dict, h: int, w: int) -> str | list[str]:
+    """Repair ``a`` in place for an image of ``h`` x ``w``: the one DROPPED kind that rules it out,
+    or the list of repairs made."""
+    if not _finite(a.get("bbox"), 4):
+        return "bad_bbox"
+    x, y, bw, bh = a["bbox"]
+    if bw <= 0 or bh <= 0:
+        return "empty_bbox"
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + bw, w), min(y + bh, h)
+    if x1 <= x0 or y1 <= y0:
+        return "outside_bbox"
+    done = []
+    if (x0, y0, x1, y1) != (x, y, x + bw, y + bh):
+        a["bbox"] = [x0, y0, x1 - x0, y1 - y0]
+        done.append("clipped_bbox")
+    a.setdefault("iscrowd", 0)
+    seg = a.get("segmentation")
+    if isinstance(seg, list):
+        parts = [p for p in seg if _finite(p) and len(p) >= 6 and len(p) % 2 == 0]
+        if len(parts) != len(seg):
+            done.append("bad_polygon")
+        a["segmentation"] = parts
+    elif isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if list(size or []) != [h, w] or not isinstance(counts, str | list) or not counts:
+            done.append("bad_rle")
+            a["segmentation"] = []
+    elif seg is not None:
+        done.append("bad_rle")
+        a["segmentation"] = []
+    if not a.get("segmentation"):
+        if a["iscrowd"]:
+            return "empty_crowd"
+        done.append("box_as_mask")
+    if not (_finite([a.get("area")]) and a["area"] > 0):
+        a["area"] = float(a["bbox"][2] * a["bbox"][3])
+        done.append("area")
+    return done
 
 
 class CocoDataset(Dataset):
-    """Samples with boxes, instance masks, semantic mask and (optionally) an image label."""
+    """Samples with boxes, instance masks, semantic mask and (optionally) an image label.
+
+    ``on_bad_image``: ``error`` raises a BadImageError naming the file; ``skip`` returns None for that
+    index (``collate_samples`` leaves it out) and records it in ``skip_log``.
+    """
 
     def __init__(self, img_dir: str | Path, ann_file: str | Path, transform: Any = None,
                  semantic_dir: str | Path | None = None, image_label_key: str | None = "label",
-                 cache: bool = False, source: str = "coco", limit: int | None = None) -> None:
+                 cache: bool = False, source: str = "coco", limit: int | None = None,
+                 on_bad_image: str = "error") -> None:
         self.img_dir = Path(img_dir)
         self.ann_file = Path(ann_file)
         self.semantic_dir = Path(semantic_dir) if semantic_dir else None
         self.transform = transform
         self.source = source
-        self.coco = load_coco(self.ann_file)
+        self.on_bad_image = check_policy(on_bad_image)
+        self.skip_log = SkipLog(source, f"{self.img_dir.resolve()}|{self.ann_file.resolve()}")
+        self.coco, self.repairs = load_coco(self.ann_file)
         self.ids = sorted(self.coco.imgs)
         if limit is not None:  # the first ``limit`` images only: a labelled subset for semi-supervised runs
             if int(limit) < 1:
@@ -75,32 +221,37 @@ class CocoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _load_raw(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Decoded image (H, W, 3) uint8, boxes (N, 4) xyxy, labels (N,), masks (N, H, W), semantic (H, W)."""
+    def _load_raw(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Decoded image (H, W, 3) uint8, boxes (N, 4) xyxy, labels (N,), masks (N, H, W), semantic (H, W);
+        None for a bad image under ``on_bad_image=skip``."""
         if self._cache is not None and image_id in self._cache:
             return self._cache[image_id]
         info = self.coco.imgs[image_id]
         path = self.img_dir / info["file_name"]
-        image = read_image(path)
+        image = read_image_or_skip(path, self.on_bad_image, self.skip_log)
+        if image is None:
+            return None
         h, w = image.shape[:2]
-        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-        boxes, labels, masks = [], [], []
-        for a in anns:
-            x, y, bw, bh = a["bbox"]
-            if bw <= 0 or bh <= 0:
-                continue
-            if a["category_id"] not in self.cat_to_index:
-                raise DatasetError(f"{self.ann_file}: annotation {a.get('id')} has unknown category_id "
-                                   f"{a['category_id']}")
-            boxes.append([x, y, min(x + bw, w), min(y + bh, h)])
-            labels.append(self.cat_to_index[a["category_id"]])
-            masks.append(self.coco.annToMask(a).astype(bool) if a.get("segmentation") else
-                         _box_mask(boxes[-1], h, w))
-        boxes_np = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        labels_np = np.asarray(labels, dtype=np.int64)
-        masks_np = np.stack(masks) if masks else np.zeros((0, h, w), dtype=bool)
-        semantic = self._semantic(info, masks_np, labels_np, image_id, h, w)
-        raw = (image, boxes_np, labels_np, masks_np, semantic)
+        try:
+            if (h, w) != (info["height"], info["width"]):
+                raise BadImageError(f"{path}: the image is {w}x{h} but {self.ann_file} says {info['width']}x"
+                                    f"{info['height']} (EXIF rotation, or a replaced file?)", path=str(path),
+                                    reason=f"size {w}x{h} differs from the annotation file's "
+                                           f"{info['width']}x{info['height']}")
+            anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+            boxes = np.asarray([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                                 a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=np.float32).reshape(-1, 4)
+            labels_np = np.asarray([self.cat_to_index[a["category_id"]] for a in anns], dtype=np.int64)
+            masks = [self.coco.annToMask(a).astype(bool) if a.get("segmentation") else _box_mask(box, h, w)
+                     for a, box in zip(anns, boxes.tolist())]
+            masks_np = np.stack(masks) if masks else np.zeros((0, h, w), dtype=bool)
+            semantic = self._semantic(info, masks_np, labels_np, image_id, h, w)
+        except BadImageError as e:
+            if self.on_bad_image != "skip":
+                raise
+            self.skip_log.add(e.path or path, e.reason)
+            return None
+        raw = (image, boxes, labels_np, masks_np, semantic)
         if self._cache is not None:
             self._cache[image_id] = raw
         return raw
@@ -110,9 +261,14 @@ class CocoDataset(Dataset):
             path = (self.semantic_dir / info["file_name"]).with_suffix(".png")
             try:
                 with Image.open(path) as im:
-                    return np.asarray(im, dtype=np.uint8).copy()
+                    sem = np.asarray(im, dtype=np.uint8).copy()
             except OSError as e:
-                raise DatasetError(f"cannot read semantic mask {path}: {e}") from None
+                raise BadImageError(f"cannot read semantic mask {path}: {e}", path=str(path),
+                                    reason=f"semantic mask unreadable: {str(e).splitlines()[0]}") from None
+            if sem.shape != (h, w):
+                raise BadImageError(f"semantic mask {path} is {sem.shape} but its image is ({h}, {w})", path=str(path),
+                                    reason=f"semantic mask of shape {sem.shape}, image ({h}, {w})")
+            return sem
         sem = np.zeros((h, w), dtype=np.uint8)
         order = np.argsort([-m.sum() for m in masks]) if len(masks) else []
         for i in order:  # small objects painted last, so they stay visible where they overlap big ones
@@ -122,9 +278,12 @@ class CocoDataset(Dataset):
                 sem[self.coco.annToMask(a).astype(bool)] = IGNORE_INDEX
         return sem
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int) -> Sample | None:
         image_id = self.ids[index]
-        image, boxes, labels, masks, semantic = self._load_raw(image_id)
+        raw = self._load_raw(image_id)
+        if raw is None:
+            return None
+        image, boxes, labels, masks, semantic = raw
         h, w = image.shape[:2]
         out = apply_dense_transform(self.transform, image, boxes, masks, semantic)
         size = out["image"].shape[:2]

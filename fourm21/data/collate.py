@@ -7,8 +7,11 @@ import torch
 from fourm21.data.sample import IGNORE_INDEX, Sample
 
 
-def collate_samples(samples: list[Sample]) -> dict:
+def collate_samples(samples: list[Sample | None]) -> dict | None:
     """Stack Samples; variable-length instance targets are padded to the batch's largest count.
+
+    None entries (images a data set skipped under ``data.on_bad_image=skip``) are left out; a batch
+    with no sample left is None, which the training and validation steps skip.
 
     Returns image (B, 3, H, W); label (B,) with -1 where absent; gt_boxes (B, M, 4);
     gt_labels (B, M) with -1 for padding; gt_masks (B, M, H, W) bool; semantic (B, H, W) with
@@ -16,6 +19,9 @@ def collate_samples(samples: list[Sample]) -> dict:
     caption_tokens (B, T) (0 = padding); has_label / has_boxes / has_masks / has_semantic /
     has_attributes / has_labels / has_caption (B,) bool; meta list.
     """
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return None
     images = torch.stack([s["image"] for s in samples])
     b, _, h, w = images.shape
     m = max([len(s["boxes"]) for s in samples if "boxes" in s] + [1])

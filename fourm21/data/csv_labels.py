@@ -5,11 +5,16 @@ unknown value marks that group as missing for the image (its head skips the imag
 Multi-label: ``ImageID,Labels,Caption`` (the COMP5329 format): space-separated class ids and a
 free-text caption, RFC-4180 quoting (commas, quotes, line breaks inside captions). A row with no
 labels (a test row) keeps its image and caption and trains nothing.
+
+A missing file or column, a file with no rows, text that is not UTF-8, and (multi-label) a class id
+not in ``class_ids`` are DatasetErrors naming the file (and line); an image that cannot be read
+follows ``on_bad_image`` (see ``fourm21.data.images``).
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +23,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fourm21.data.images import read_image
+from fourm21.data.images import SkipLog, check_policy, read_image_or_skip
 from fourm21.data.sample import Sample
 from fourm21.data.text import tokenize
 from fourm21.errors import DatasetError
 
 MISSING = -1
+
+log = logging.getLogger(__name__)
 
 
 def read_csv_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, str]]:
@@ -31,13 +38,21 @@ def read_csv_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, s
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"CSV not found: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DatasetError(f"{path}: missing column(s) {missing}; found {header}")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DatasetError(f"{path}: missing column(s) {missing}; found {header}")
+            rows = [{(k or "").strip(): (v if isinstance(v, str) else "").strip() for k, v in row.items()}
+                    for row in reader]
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8") from None
+    except csv.Error as e:
+        raise DatasetError(f"{path}: malformed CSV ({e})") from None
+    if not rows:
+        raise DatasetError(f"{path}: no rows below the header")
     return rows
 
 
@@ -51,9 +66,11 @@ class AttributeDataset(Dataset):
 
     def __init__(self, csv_path: str | Path, image_dir: str | Path, groups: Sequence[str],
                  classes: dict[str, Sequence[str]] | None = None, image_col: str = "image",
-                 transform: Any = None, source: str = "attributes", classes_from: str | Path | None = None) -> None:
+                 transform: Any = None, source: str = "attributes", classes_from: str | Path | None = None,
+                 on_bad_image: str = "error") -> None:
         """``classes`` fixes each group's class list; else they are read from ``classes_from`` (the
-        training CSV, so val uses the same indices) or from ``csv_path`` itself."""
+        training CSV, so val uses the same indices) or from ``csv_path`` itself. Values outside the
+        class list count as missing (logged, counted in ``unknown``)."""
         self.csv_path = Path(csv_path)
         self.image_dir = Path(image_dir)
         self.groups = list(groups)
@@ -70,18 +87,26 @@ class AttributeDataset(Dataset):
         self.index = {g: {c: i for i, c in enumerate(self.classes[g])} for g in self.groups}
         self.transform = transform
         self.source = source
+        self.on_bad_image = check_policy(on_bad_image)
+        self.skip_log = SkipLog(source, f"{self.csv_path.resolve()}|{self.image_dir.resolve()}")
         self.unknown: dict[str, int] = {g: 0 for g in self.groups}  # values not in a fixed class list
         for r in self.rows:
             for g in self.groups:
                 if r[g] and r[g] not in self.index[g]:
                     self.unknown[g] += 1
+        for g, n in self.unknown.items():
+            if n:
+                log.warning("%s: %d value(s) of column '%s' are not in its class list %s; counted as missing",
+                            self.csv_path, n, g, self.classes[g])
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> Sample:
+    def __getitem__(self, i: int) -> Sample | None:
         row = self.rows[i]
-        image = read_image(self.image_dir / row[self.image_col])
+        image = read_image_or_skip(self.image_dir / row[self.image_col], self.on_bad_image, self.skip_log)
+        if image is None:
+            return None
         out = self.transform(image=image)["image"] if self.transform is not None else image.astype(np.float32) / 255
         return {"image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float(),
                 "attributes": {g: self.index[g].get(row[g], MISSING) for g in self.groups},
@@ -95,7 +120,7 @@ class MultiLabelCaptionDataset(Dataset):
     def __init__(self, csv_path: str | Path, image_dir: str | Path, class_ids: Sequence[int],
                  transform: Any = None, id_col: str = "ImageID", labels_col: str = "Labels",
                  caption_col: str = "Caption", num_buckets: int = 4096, max_tokens: int = 32,
-                 source: str = "multilabel") -> None:
+                 source: str = "multilabel", on_bad_image: str = "error") -> None:
         self.csv_path = Path(csv_path)
         self.image_dir = Path(image_dir)
         self.rows = read_csv_rows(self.csv_path, [id_col, labels_col, caption_col])
@@ -105,6 +130,8 @@ class MultiLabelCaptionDataset(Dataset):
         self.transform = transform
         self.num_buckets, self.max_tokens = num_buckets, max_tokens
         self.source = source
+        self.on_bad_image = check_policy(on_bad_image)
+        self.skip_log = SkipLog(source, f"{self.csv_path.resolve()}|{self.image_dir.resolve()}")
         self.labels: list[list[int] | None] = []
         for n, r in enumerate(self.rows, start=2):
             text = r[labels_col]
@@ -125,10 +152,12 @@ class MultiLabelCaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> Sample:
+    def __getitem__(self, i: int) -> Sample | None:
         id_col, _, caption_col = self.cols
         row = self.rows[i]
-        image = read_image(self.image_dir / row[id_col])
+        image = read_image_or_skip(self.image_dir / row[id_col], self.on_bad_image, self.skip_log)
+        if image is None:
+            return None
         out = self.transform(image=image)["image"] if self.transform is not None else image.astype(np.float32) / 255
         sample: Sample = {
             "image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float(),

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
-from fourm21.errors import Fourm21Error
+from fourm21.errors import find_user_error, one_line
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
@@ -35,13 +36,22 @@ def setup_runtime(cfg: DictConfig) -> None:
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """User errors (bad file, bad key) print one line and exit 2 instead of a traceback."""
+    """User errors (bad file, bad key) print one line, ``fourm21: XError: message``, and exit 2 instead of
+    a traceback; also when Hydra's ``instantiate`` or a DataLoader worker wrapped them. A required key
+    left unset (``???``) is reported the same way. Anything else is a bug: its traceback is kept."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except Fourm21Error as e:
-            print(f"fourm21: {type(e).__name__}: {e}", file=sys.stderr)
+        except MissingMandatoryValue as e:
+            key = getattr(e, "full_key", None) or "a key"
+            print(f"fourm21: ConfigError: {key}: required, give it on the command line ({key}=...)", file=sys.stderr)
+            sys.exit(2)
+        except Exception as e:
+            user = find_user_error(e)
+            if user is None:
+                raise
+            print(f"fourm21: {one_line(user)}", file=sys.stderr)
             sys.exit(2)
     return wrapper
 

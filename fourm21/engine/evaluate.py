@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -11,22 +12,46 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from fourm21.data.coco import DROPPED
+from fourm21.data.images import skipped_images
+from fourm21.engine.checkpoints import architecture, check_data_matches, load_state, read_checkpoint
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, setup_runtime
 from fourm21.engine.lightning_module import MultiTaskModule
+from fourm21.engine.validate_config import check_config
 from fourm21.errors import CheckpointError
 from fourm21.metrics.plots import plot_confusion_matrix, plot_loss_curves, plot_pr_curves, plot_prediction_grid
 from fourm21.metrics.report import per_class_markdown, write_report
 
 
 def load_module(ckpt_path: str | Path) -> MultiTaskModule:
-    """Rebuild the network from a checkpoint (its config is inside); clear errors for bad files."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    """Rebuild the network from a checkpoint (its config is inside); a CheckpointError naming the file
+    when it is missing or cut short, and what differs when its weights do not fit its config."""
+    ckpt = read_checkpoint(ckpt_path)
+    hp = ckpt["hyper_parameters"]
     try:
-        return MultiTaskModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, KeyError, ValueError) as e:
-        raise CheckpointError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+        module = MultiTaskModule(model=hp["model"], loss=hp.get("loss") or {}, optim=hp.get("optim") or {},
+                                 meta=hp.get("meta"))
+    except Exception as e:  # noqa: BLE001 - a config this version cannot build, whatever the cause
+        raise CheckpointError(f"{ckpt_path}: its model config cannot be built by this version of fourm21 "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    load_state(module, ckpt["state_dict"], ckpt_path, f"its config ({architecture(hp['model'])})")
+    return module
+
+
+def data_report(datamodule: Any, run_dir: Path) -> dict[str, float]:
+    """``data/skipped_images`` (distinct files left out under ``data.on_bad_image=skip``, listed in
+    ``skipped_images.tsv``), ``data/annotations_dropped`` and ``data/annotations_repaired`` (COCO checks)."""
+    sets = [*getattr(datamodule, "train_sets", {}).values(), *getattr(datamodule, "val_sets", {}).values()]
+    skipped = skipped_images(sets)
+    if skipped:
+        (run_dir / "skipped_images.tsv").write_text("file\treason\n" + "".join(f"{f}\t{r}\n"
+                                                                          for f, r in skipped.items()))
+    repairs: Counter[str] = Counter()
+    for source in {str(getattr(ds, "ann_file", id(ds))): ds for ds in sets}.values():  # each file once
+        repairs.update(getattr(source, "repairs", None) or {})
+    dropped = sum(n for k, n in repairs.items() if k in DROPPED)
+    return {"data/skipped_images": float(len(skipped)), "data/annotations_dropped": float(dropped),
+            "data/annotations_repaired": float(sum(repairs.values()) - dropped)}
 
 
 def make_plots(module: MultiTaskModule, datamodule: Any, run_dir: Path) -> list[Path]:
@@ -74,6 +99,7 @@ def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any
                if k.startswith("val/") and not k.endswith("_step")}
     metrics.update({f"{stage}/{k}": v for k, v in module.last_metrics.items()})
     metrics[f"time/{stage}_s"] = time.time() - t0
+    metrics.update(data_report(datamodule, run_dir))
     metrics.update(extra or {})
     names = list(datamodule.val_sets)
     sections = {}
@@ -85,6 +111,8 @@ def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any
                 ev.cls.per_class_table(), getattr(ds, "image_class_names", []))
     notes = {"checkpoint": ckpt_path or "in-memory model",
              f"{stage} images": ", ".join(f"{k}: {len(v)}" for k, v in datamodule.val_sets.items())}
+    if metrics["data/skipped_images"]:
+        notes["skipped images"] = f"{int(metrics['data/skipped_images'])}, listed in skipped_images.tsv"
     write_report(run_dir, metrics, title=title, notes=notes, sections=sections)
     if plots:
         make_plots(module, datamodule, run_dir)
@@ -92,9 +120,11 @@ def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any
 
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:
+    check_config(cfg)
     setup_runtime(cfg)
     run_dir = run_dir_of(cfg)
     module = load_module(cfg.ckpt_path)
+    check_data_matches(module.hparams.model, cfg.data, cfg.ckpt_path)
     datamodule = instantiate(cfg.data.datamodule)
     datamodule.setup("validate")
     module.build_evaluators(datamodule.val_sets)

@@ -33,6 +33,8 @@ def embed(net: torch.nn.Module, dataset, batch_size: int = 256) -> tuple[torch.T
     """(N, D) L2-normalised features (every backbone level, average pooled, concatenated) and (N,) labels."""
     feats, labels = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples):
+        if batch is None:  # every image of the batch skipped (data.on_bad_image=skip)
+            continue
         levels = net.backbone(batch["image"])
         feats.append(torch.cat([f.mean(dim=(2, 3)) for f in levels], dim=1))
         labels.append(batch["label"])
