@@ -3,16 +3,32 @@
 One data set, or several (``train`` and ``val`` given as ``{name: factory}``): several training
 sets are mixed batch by batch by ``ratios`` (see ``fourm21.data.mixed``); several val sets are
 validated one after the other, each scored on the tasks its labels cover.
+
+Under DDP the loaders are sharded here: the training set by a ``DistributedSampler`` that honours
+``shuffle`` (Lightning's own always shuffles), the val sets without padding, so each val image is
+scored exactly once (by one process), and a mixed-data batch order batch by batch
+(``RankBatchSampler``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
+from torch.utils.data import (
+    BatchSampler,
+    ConcatDataset,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+)
 
 from fourm21.data.collate import collate_samples
 from fourm21.data.mixed import RatioBatchSampler
@@ -26,17 +42,53 @@ def _as_dict(factories: Any) -> dict[str, Callable[[], Dataset]]:
     return {"main": factories}
 
 
+class RankBatchSampler(BatchSampler):
+    """Process ``rank`` of ``num_replicas`` takes batches rank, rank + num_replicas, ... of ``batches``.
+
+    For batch samplers that draw whole batches from a seed (``RatioBatchSampler``): every process
+    draws the same order and keeps its share. ``sampler`` is only read for its ``rank`` and
+    ``num_replicas``: under DDP Lightning re-creates this object with its ``DistributedSampler``
+    there; in one process it is any sampler (rank 0 of 1). Each process gets ``len(batches) //
+    num_replicas`` batches, so all take the same number of steps.
+    """
+
+    def __init__(self, sampler: Sampler | Any, batches: Sampler[list[int]]) -> None:  # noqa: D107
+        self.sampler = sampler
+        self.batches = batches
+
+    def _shard(self) -> tuple[int, int]:
+        return int(getattr(self.sampler, "rank", 0)), int(getattr(self.sampler, "num_replicas", 1))
+
+    def __len__(self) -> int:
+        return len(self.batches) // self._shard()[1]
+
+    def __iter__(self):
+        rank, replicas = self._shard()
+        end = len(self) * replicas
+        for i, batch in enumerate(self.batches):
+            if i >= end:
+                break
+            if i % replicas == rank:
+                yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batches, "set_epoch"):
+            self.batches.set_epoch(epoch)
+
+
 class MultiTaskDataModule(L.LightningDataModule):
     """``train`` / ``val``: a zero-argument dataset factory (Hydra ``_partial_``) or a dict of them.
 
     ``prepare`` is an optional callable run before the datasets are built (the shapes generator).
-    ``batch_size`` may be a dict per training set; ``ratios`` weights the training sets.
+    ``batch_size`` may be a dict per training set (per process under DDP); ``ratios`` weights the
+    training sets. ``shuffle: false`` keeps the training set in file order (reproducible runs, the
+    DDP equivalence test).
     """
 
     def __init__(self, train: Any, val: Any, batch_size: int | Mapping[str, int] = 32,
                  val_batch_size: int | None = None, num_workers: int = 0, prepare: Any = None,
                  pin_memory: bool = False, ratios: Mapping[str, float] | None = None,
-                 batches_per_epoch: int | None = None, seed: int = 0) -> None:
+                 batches_per_epoch: int | None = None, seed: int = 0, shuffle: bool = True) -> None:
         super().__init__()
         self._train_factories = _as_dict(train)
         self._val_factories = _as_dict(val)
@@ -48,6 +100,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.ratios = dict(ratios or {})
         self.batches_per_epoch = batches_per_epoch
         self.seed = seed
+        self.shuffle = shuffle
         self.train_sets: dict[str, Dataset] = {}
         self.val_sets: dict[str, Dataset] = {}
         self.unlabelled_set: Dataset | None = None
@@ -89,17 +142,35 @@ class MultiTaskDataModule(L.LightningDataModule):
         if not self.val_sets:
             self.val_sets = {k: f() for k, f in self._val_factories.items()}
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_samples, pin_memory=self.pin_memory, drop_last=shuffle,
-                          persistent_workers=self.num_workers > 0)
+    def _distributed(self) -> dict[str, int] | None:
+        """``{"num_replicas", "rank"}`` when a Trainer runs this data module in several processes."""
+        trainer = getattr(self, "trainer", None)
+        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
+        return kwargs if kwargs and kwargs.get("num_replicas", 1) > 1 else None
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        sampler = None
+        shards = self._distributed()
+        if shards and train:  # as Lightning's own sampler, which would always shuffle, seeded by ``seed``
+            sampler = DistributedSampler(dataset, shuffle=self.shuffle, **shards,
+                                         seed=int(os.environ.get("PL_GLOBAL_SEED", self.seed)))
+        elif shards:  # no padding: every val image once, the last batches off by one at most
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **shards)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=train and self.shuffle and sampler is None,
+                          sampler=sampler, num_workers=self.num_workers, collate_fn=collate_samples,
+                          pin_memory=self.pin_memory, drop_last=train, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         labelled = self._labelled_loader()
         if self.unlabelled_set is None:
             return labelled
-        # as many unlabelled batches as labelled ones, reshuffled (and cycled) every epoch
-        sampler = RandomSampler(self.unlabelled_set, num_samples=len(labelled) * self.unlabelled_batch_size)
+        # as many unlabelled batches as labelled ones, reshuffled (and cycled) every epoch; under DDP
+        # each process takes its share of them (Lightning's own replacement would drop num_samples)
+        shards = self._distributed()
+        replicas = shards["num_replicas"] if shards else 1  # len(labelled) is this process's share
+        sampler = RandomSampler(self.unlabelled_set, num_samples=len(labelled) * self.unlabelled_batch_size * replicas)
+        if shards:
+            sampler = DistributedSamplerWrapper(sampler, shuffle=False, **shards)
         unlabelled = DataLoader(self.unlabelled_set, batch_size=self.unlabelled_batch_size, sampler=sampler,
                                 drop_last=True, num_workers=self.num_workers, collate_fn=collate_samples,
                                 pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
@@ -108,17 +179,22 @@ class MultiTaskDataModule(L.LightningDataModule):
     def _labelled_loader(self) -> DataLoader:
         if len(self.train_sets) == 1:
             name, ds = next(iter(self.train_sets.items()))
-            return self._loader(ds, self._bs(name), shuffle=True)
+            return self._loader(ds, self._bs(name), train=True)
         names = list(self.train_sets)
-        sampler = RatioBatchSampler([len(self.train_sets[n]) for n in names],
+        batches = RatioBatchSampler([len(self.train_sets[n]) for n in names],
                                     [float(self.ratios.get(n, 1.0)) for n in names],
                                     [self._bs(n) for n in names], self.batches_per_epoch, self.seed)
-        return DataLoader(ConcatDataset([self.train_sets[n] for n in names]), batch_sampler=sampler,
+        dataset = ConcatDataset([self.train_sets[n] for n in names])
+        # built here, in the hook, so that Lightning can re-create it with its own DistributedSampler under DDP
+        shards = self._distributed()
+        sampler = RankBatchSampler(DistributedSampler(dataset, shuffle=False, **shards) if shards else
+                                   range(len(dataset)), batches)
+        return DataLoader(dataset, batch_sampler=sampler,
                           num_workers=self.num_workers, collate_fn=collate_samples, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        loaders = [self._loader(ds, self._val_bs(n), shuffle=False) for n, ds in self.val_sets.items()]
+        loaders = [self._loader(ds, self._val_bs(n), train=False) for n, ds in self.val_sets.items()]
         return loaders[0] if len(loaders) == 1 else loaders
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:

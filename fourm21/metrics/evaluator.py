@@ -1,4 +1,9 @@
-"""Collects every head's predictions over a data set and computes the flat ``task/metric`` dict."""
+"""Collects every head's predictions over a data set and computes the flat ``task/metric`` dict.
+
+Under DDP each process sees a shard of the val set; ``compute`` first gathers every process's
+predictions and counts (``torch.distributed``), so COCOeval scores the whole set at once and every
+process returns the same numbers as a single-process run would.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torchmetrics import Metric
 
 from fourm21.metrics.classification import ClassificationMetrics
 from fourm21.metrics.coco import coco_evaluate, predictions_to_coco, results_for
@@ -16,6 +23,29 @@ from fourm21.metrics.segmentation import SegmentationMetrics
 # The metric each task contributes to the single model-selection score ``score``.
 MAIN_METRICS = {"cls": "acc", "det": "map", "inst": "map", "sem": "miou", "attr": "acc_mean", "mlc": "f1_micro"}
 COCO_TASKS = {"det": "bbox", "inst": "segm"}
+
+
+def world_size() -> int:
+    """Processes in the default ``torch.distributed`` group; 1 when it is not initialised."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _local_only() -> bool:
+    """torchmetrics' ``distributed_available_fn`` for metrics the evaluator gathers itself."""
+    return False
+
+
+def _torchmetrics(obj: Any, prefix: str = "") -> list[tuple[str, Metric]]:
+    """The torchmetrics ``Metric`` objects a metrics helper holds (in attributes, dicts, tuples), by path."""
+    found: list[tuple[str, Metric]] = []
+    items = vars(obj).items() if not isinstance(obj, (dict, list, tuple)) else (
+        obj.items() if isinstance(obj, dict) else enumerate(obj))
+    for key, value in items:
+        if isinstance(value, Metric):
+            found.append((f"{prefix}{key}", value))
+        elif isinstance(value, (dict, list, tuple)):
+            found.extend(_torchmetrics(value, f"{prefix}{key}."))
+    return found
 
 
 class MultiTaskEvaluator:
@@ -38,12 +68,18 @@ class MultiTaskEvaluator:
         self.attr = AttributeMetrics(attribute_groups) if "attr" in tasks and attribute_groups else None
         self.mlc = MultiLabelMetrics(num_labels, threshold_tuning) if "mlc" in tasks and num_labels else None
         self.coco_evals: dict[str, Any] = {}
+        # the evaluator gathers across processes itself, once (``gather``): torchmetrics must not sync on
+        # every compute() as well (that would be a collective call hidden in each plot and table)
+        self._metrics = [(f"{name}.{path}", m) for name in ("cls", "sem", "attr")
+                         if getattr(self, name) is not None for path, m in _torchmetrics(getattr(self, name))]
+        for _, m in self._metrics:
+            m.distributed_available_fn = _local_only
         self.reset()
 
     def reset(self) -> None:
-        self.results: list[dict] = []
-        self.image_ids: list[int] = []
+        self.coco_results: dict[int, list[dict]] = {}  # image id -> its COCO results entries
         self.coco_evals = {}
+        self.gathered = False
         if self.cls:
             self.cls.reset()
         if self.sem:
@@ -53,7 +89,20 @@ class MultiTaskEvaluator:
         if self.mlc:
             self.mlc.reset()
 
+    @property
+    def image_ids(self) -> list[int]:
+        """The images COCOeval scores (each once, in the order first seen)."""
+        return list(self.coco_results)
+
+    @property
+    def results(self) -> list[dict]:
+        """COCO results entries of every scored image."""
+        return [r for rs in self.coco_results.values() for r in rs]
+
     def update(self, preds: list[dict[str, torch.Tensor]], batch: dict[str, Any]) -> None:
+        if self.gathered:
+            raise RuntimeError("MultiTaskEvaluator.update after compute() gathered the processes' results; "
+                               "call reset() first")
         if self.cls is not None and "class_label" in preds[0]:
             has = batch["has_label"].cpu()
             pred = torch.stack([p["class_label"] for p in preds]).cpu()
@@ -76,11 +125,48 @@ class MultiTaskEvaluator:
         if self.coco_gt is not None and ("det" in self.tasks or "inst" in self.tasks):
             has = batch["has_boxes"].cpu()
             for p, meta, h in zip(preds, batch["meta"], has):
-                if h:
-                    self.image_ids.append(meta["image_id"])
-                    self.results.extend(predictions_to_coco(p, meta, self.cat_ids, self.mask_thr))
+                if h and meta["image_id"] not in self.coco_results:  # an image seen twice is scored once
+                    self.coco_results[meta["image_id"]] = predictions_to_coco(p, meta, self.cat_ids, self.mask_thr)
+
+    def gather(self) -> None:
+        """Under DDP: every process's state joins every other's (a collective call: all processes, same order).
+
+        COCO results are merged per image id, so an image that a padding ``DistributedSampler`` gave two
+        processes is scored once; the torchmetrics states (integer counts) are summed; the multi-label
+        scores concatenated. Afterwards each process holds the whole val set's state. A no-op in one
+        process, and done once between ``reset`` calls.
+        """
+        if self.gathered or world_size() == 1:
+            return
+        local = {"coco": self.coco_results, "metrics": {name: m.metric_state for name, m in self._metrics},
+                 "counts": {"cls": self.cls.count if self.cls else 0, "sem": self.sem.count if self.sem else 0,
+                            "attr": dict(self.attr.count) if self.attr else {}},
+                 "mlc": (self.mlc.probs, self.mlc.targets) if self.mlc else ([], [])}
+        states: list[Any] = [None] * world_size()
+        dist.all_gather_object(states, local)
+        rank = dist.get_rank()
+        coco: dict[int, list[dict]] = {}
+        for st in states:
+            for image_id, entries in st["coco"].items():
+                coco.setdefault(image_id, entries)
+        self.coco_results = dict(sorted(coco.items()))
+        others = [st for r, st in enumerate(states) if r != rank]
+        for name, m in self._metrics:
+            for st in others:
+                m.merge_state(st["metrics"][name])
+        if self.cls:
+            self.cls.count = sum(st["counts"]["cls"] for st in states)
+        if self.sem:
+            self.sem.count = sum(st["counts"]["sem"] for st in states)
+        if self.attr:
+            self.attr.count = {g: sum(st["counts"]["attr"][g] for st in states) for g in self.attr.count}
+        if self.mlc:
+            self.mlc.probs = [p for st in states for p in st["mlc"][0]]
+            self.mlc.targets = [t for st in states for t in st["mlc"][1]]
+        self.gathered = True
 
     def compute(self) -> dict[str, float]:
+        self.gather()
         out: dict[str, float] = {}
         if self.cls is not None:
             out.update({f"cls/{k}": v for k, v in self.cls.compute().items()})
@@ -99,12 +185,14 @@ class MultiTaskEvaluator:
         return out
 
     def confusion_matrix(self) -> torch.Tensor | None:
+        self.gather()
         if self.cls is None or not self.cls.count:
             return None
         return self.cls.confusion.compute()
 
     def write_predictions(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
         """COCO results files (``bbox.json``, ``segm.json``) exactly as COCOeval scored them."""
+        self.gather()
         if self.coco_gt is None or not self.image_ids:
             return []
         out_dir = Path(out_dir)
