@@ -1,0 +1,278 @@
+"""CPU latency of the fourm21 network, batch 1, fp32: PyTorch eager, ONNX Runtime, ONNX Runtime int8.
+
+Prints one JSON line per (model, backend, size, stage); ``median_ms`` is the median of ``--runs``
+timed runs after ``--warmup`` untimed ones. ``stage`` is ``forward`` (the raw head outputs) or
+``end2end`` (forward + box decoding + NMS + instance-mask assembly at input size + semantic map +
+class probabilities: what ``model.predict`` returns). ``detections`` says how many boxes (and masks)
+the end-to-end stage produced: random weights keep ``max_det`` of them, the worst case.
+
+Backends: ``eager`` (``net(x)`` / ``net.predict(x)``); ``onnx``, the graphs ``fourm21-export`` writes
+(``forward``: the raw-output graph; ``end2end``: the ``end2end=true`` graph with NMS inside, then the
+mask upsampling ``fourm21.load`` does); ``int8``, the same two graphs after ONNX Runtime dynamic
+quantisation (int8 weights, activations quantised on the fly).
+In the same run, ultralytics YOLOv8n-seg built from its yaml (random weights, fused as its predictor
+runs it) is timed as a reference when ``ultralytics`` is importable; otherwise a line says it was skipped.
+
+    python scripts/bench_cpu_latency.py                                   # model=lite, 320 and 640
+    python scripts/bench_cpu_latency.py --models lite multitask --sizes 320
+    python scripts/bench_cpu_latency.py --ckpt runs/x/checkpoints/best.ckpt --sizes 320
+    python scripts/bench_cpu_latency.py --sizes 64 --runs 3 --warmup 1 --overrides model.neck.channels=16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STAGES = ("forward", "end2end")
+BACKENDS = ("eager", "onnx", "int8")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["lite"], help="configs/model/<name>.yaml to build (default: lite)")
+    p.add_argument("--ckpt", default=None, help="time a trained .ckpt (its own config) instead of --models")
+    p.add_argument("--sizes", nargs="+", type=int, default=[320, 640], help="square input sides")
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    p.add_argument("--runs", type=int, default=15, help="timed runs per measurement (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    p.add_argument("--num-classes", type=int, default=80, help="object classes (80 = COCO, as YOLOv8n-seg)")
+    p.add_argument("--num-image-classes", type=int, default=10, help="classes of the image-level head")
+    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides, e.g. model.neck.channels=32")
+    p.add_argument("--max-det", nargs="+", type=int, default=[10, 100],
+                   help="end-to-end stage once per value: at most this many boxes (and masks) per image; random "
+                        "weights keep all of them (default: 10, and 100 = the config's, the worst case)")
+    p.add_argument("--no-yolo", action="store_true", help="skip the YOLOv8n-seg reference")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="torchscript",
+                   help="ONNX exporter of the raw-output graph (the end-to-end graph always uses torchscript)")
+    args = p.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or min(args.max_det) < 1:
+        p.error("--runs, --threads and --max-det must be >= 1, --warmup >= 0")
+    return args
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int) -> dict:
+    """Median/min/max/mean wall milliseconds of ``fn`` over ``runs`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": round(statistics.median(times), 2), "min_ms": round(min(times), 2),
+            "max_ms": round(max(times), 2), "mean_ms": round(statistics.fmean(times), 2), "runs": runs,
+            "warmup": warmup}
+
+
+def model_config(name: str, size: int, args: argparse.Namespace) -> dict:
+    """``configs/model/<name>.yaml`` composed through the train config, resolved, at input side ``size``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from fourm21.engine.common import CONFIG_DIR
+
+    overrides = [f"model={name}", f"data.img_size={size}", f"data.num_classes={args.num_classes}",
+                 f"data.num_image_classes={args.num_image_classes}", *args.overrides]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def build(name: str, size: int, args: argparse.Namespace):
+    """(Fourm21Model, label): random weights (seed 0) from a model config, or a trained checkpoint."""
+    import fourm21
+    from fourm21.api import Fourm21Model
+    from fourm21.models.multitask import build_model
+
+    if args.ckpt:
+        model = fourm21.load(args.ckpt)
+        return model, Path(args.ckpt).name
+    torch.manual_seed(0)
+    cfg = model_config(name, size, args)
+    return Fourm21Model(build_model(cfg), cfg, {"img_size": size}), name
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def quantize(src: Path, dst: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.WARNING)  # it advises a pre-processing pass and lists tensors it leaves in fp32
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+    return dst
+
+
+def detections(preds: list[dict]) -> int:
+    return int(sum(len(p["boxes"]) for p in preds)) if preds and "boxes" in preds[0] else 0
+
+
+def bench_ours(name: str | None, size: int, args: argparse.Namespace, workdir: Path) -> None:
+    model, label = build(name, size, args)
+    net = model.net.eval()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    base = {"model": label, "size": size, "batch": 1, "dtype": "fp32", "threads": args.threads,
+            "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 3)}
+    det_head = net.heads["det"]
+    with torch.inference_mode():
+        if "eager" in args.backends:
+            emit({**base, "backend": "eager", "stage": "forward", **timed(lambda: net(x), args.runs, args.warmup)})
+            for max_det in args.max_det:
+                det_head.max_det = max_det
+                emit({**base, "backend": "eager", "stage": "end2end", "max_det": max_det,
+                      "detections": detections(net.predict(x)),
+                      **timed(lambda: net.predict(x), args.runs, args.warmup)})
+    onnx_backends = [b for b in args.backends if b != "eager"]
+    if not onnx_backends:
+        return
+    from fourm21.export import formats
+
+    out_dir = workdir / f"{label}_{size}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw_path, e2e_path = out_dir / "model.onnx", out_dir / "model_end2end.onnx"
+    t0 = time.perf_counter()
+    names = formats.export_onnx(model, raw_path, size, dynamo=args.exporter == "dynamo")["output_names"]
+    formats.export_onnx_end2end(model, e2e_path, size)
+    base["export_s"] = round(time.perf_counter() - t0, 1)
+    net.eval()  # the TorchScript exporter restores its (training-mode) wrapper's mode onto the network
+    for backend in onnx_backends:
+        graphs = (raw_path, e2e_path)
+        if backend == "int8":
+            graphs = (quantize(raw_path, out_dir / "model_int8.onnx"),
+                      quantize(e2e_path, out_dir / "model_end2end_int8.onnx"))
+        with torch.inference_mode():
+            bench_onnx(net, names, graphs, x, {**base, "backend": backend}, args)
+
+
+def bench_onnx(net, names: list[str], graphs: tuple[Path, Path], x: torch.Tensor, base: dict,
+               args: argparse.Namespace) -> None:
+    """The raw-output graph (forward; + the heads' postprocess = end2end, as ``fourm21.load`` runs a default
+    ONNX export) and the ``end2end=true`` graph (NMS inside; + mask upsampling = end2end_graph)."""
+    import onnxruntime as ort
+
+    from fourm21.api import _end2end_predictions
+    from fourm21.export.raw_outputs import restore_outputs
+
+    raw_graph, e2e_graph = graphs
+    size = tuple(x.shape[-2:])
+    feed = {"images": x.numpy()}
+    base = {**base, "onnxruntime": ort.__version__}
+    det_head = net.heads["det"]
+    sess = ort_session(raw_graph, args.threads)
+    reference = {f"{t}.{k}": v for t, raw in net(x).items() for k, v in raw.items()}
+    diff = max(float(np.abs(o - reference[n].numpy()).max()) for n, o in zip(names, sess.run(names, feed)))
+
+    def end2end() -> list[dict]:
+        arrays = [torch.from_numpy(a) for a in sess.run(names, feed)]
+        return net.postprocess(restore_outputs(net, names, arrays, size), size)
+
+    emit({**base, "stage": "forward", "max_abs_diff": round(diff, 6), "size_mb": mb(raw_graph),
+          **timed(lambda: sess.run(names, feed), args.runs, args.warmup)})
+    for max_det in args.max_det:
+        det_head.max_det = max_det
+        emit({**base, "stage": "end2end", "max_det": max_det, "detections": detections(end2end()),
+              "size_mb": mb(raw_graph), **timed(end2end, args.runs, args.warmup)})
+    sess_g = ort_session(e2e_graph, args.threads)
+    names_g = [o.name for o in sess_g.get_outputs()]
+
+    def end2end_graph() -> list[dict]:
+        arrays = dict(zip(names_g, (torch.from_numpy(a) for a in sess_g.run(names_g, feed))))
+        return _end2end_predictions(net, arrays, x.shape[0], size)
+
+    graph_dets = len(sess_g.run(["det_scores"], feed)[0])
+    for max_det in args.max_det:
+        det_head.max_det = max_det  # applied after the graph, as fourm21.load does
+        emit({**base, "stage": "end2end_graph", "max_det": max_det, "graph_detections": graph_dets,
+              "detections": detections(end2end_graph()), "size_mb": mb(e2e_graph),
+              **timed(end2end_graph, args.runs, args.warmup)})
+
+
+def mb(path: Path) -> float:
+    return round(path.stat().st_size / 2**20, 2)
+
+
+def bench_yolo(sizes: list[int], args: argparse.Namespace) -> None:
+    """ultralytics YOLOv8n-seg from its yaml, random weights, conv+BN fused (as its predictor runs it)."""
+    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo_cfg_"))
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its first import announces a settings file
+            from ultralytics import YOLO
+    except ImportError as e:
+        emit({"model": "yolov8n-seg", "skipped": f"ultralytics is not importable ({e}); "
+              "install it (e.g. pip install --target DIR ultralytics) and put DIR on PYTHONPATH"})
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        net = YOLO("yolov8n-seg.yaml").model.fuse().eval()
+    params = round(sum(p.numel() for p in net.parameters()) / 1e6, 3)
+    for size in sizes:
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            emit({"model": "yolov8n-seg", "size": size, "batch": 1, "dtype": "fp32", "threads": args.threads,
+                  "params_m": params, "backend": "eager", "stage": "forward",
+                  **timed(lambda x=x: net(x), args.runs, args.warmup)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    emit({"machine": machine(), "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
+          "argv": sys.argv[1:] if argv is None else argv})
+    names = [None] if args.ckpt else args.models
+    with tempfile.TemporaryDirectory(prefix="fourm21_bench_") as tmp:
+        for name in names:
+            for size in args.sizes:
+                bench_ours(name, size, args, Path(tmp))
+    if not args.no_yolo:
+        bench_yolo(args.sizes, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
