@@ -13,7 +13,6 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import albumentations as A
 import cv2
@@ -25,6 +24,7 @@ from fourm21.data.geometry import unletterbox
 from fourm21.data.images import read_image, to_rgb
 from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fourm21.data.video import VideoReader, VideoSource
+from fourm21.engine.checkpoints import load_checkpoint, load_state
 from fourm21.errors import CheckpointError
 from fourm21.losses.masks import box_crop_weights
 from fourm21.models.multitask import MultiTaskNet, build_model
@@ -200,18 +200,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Fourm21Model:
     path = Path(path)
     if path.is_dir():
         return _load_exported(path, device)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for cut or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not hp or "model" not in hp or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a fourm21 training checkpoint (no model config inside)")
-    net = build_model(hp["model"])
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    _load_state(net, state, path)
+    net, hp = load_checkpoint(path)
     return Fourm21Model(net, hp["model"], hp.get("meta") or {}, device)
 
 
@@ -232,7 +221,7 @@ def _load_exported(directory: Path, device: str | torch.device) -> Fourm21Model:
         meta.update(json.loads(classes.read_text()))
     runner = None
     if (directory / "model.safetensors").is_file():
-        _load_state(net, load_file(str(directory / "model.safetensors")), directory / "model.safetensors")
+        load_state(net, load_file(str(directory / "model.safetensors")), directory / "model.safetensors")
     elif (directory / "model.onnx").is_file():
         runner = _onnx_runner(net, directory / "model.onnx", device)
     elif (directory / "model.pt2").is_file():
@@ -301,16 +290,3 @@ def _torch_export_runner(net: MultiTaskNet, path: Path, device: str | torch.devi
             outs = [t.cpu() for t in program(images)]
         return restore_outputs(net, names, outs, tuple(images.shape[-2:]))
     return run
-
-
-def _load_state(net: torch.nn.Module, state: dict[str, Any], source: Path) -> None:
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        detail = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                           for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                               ("shape differs", sorted(shapes))) if keys)
-        raise CheckpointError(f"{source} does not match the model built from its config ({detail})")
-    net.load_state_dict(state)

@@ -32,6 +32,8 @@ from torch.utils.data import (
 
 from fourm21.data.collate import collate_samples
 from fourm21.data.mixed import RatioBatchSampler
+from fourm21.data.samplers import ResumableSampler
+from fourm21.data.transforms import reseed_worker_transforms
 
 
 def _as_dict(factories: Any) -> dict[str, Callable[[], Dataset]]:
@@ -148,6 +150,16 @@ class MultiTaskDataModule(L.LightningDataModule):
         kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
         return kwargs if kwargs and kwargs.get("num_replicas", 1) > 1 else None
 
+    def _batches_done_this_epoch(self, num_batches: int) -> int:
+        """Training batches the checkpoint being resumed had run in its epoch: 0 for a fresh run or a
+        checkpoint from an epoch's end. Read when Lightning asks for the loader, which is after it restored
+        the loops' progress and before it counts the interrupted step as completed, hence ``processed``."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return done if done < num_batches else 0
+
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         sampler = None
         shards = self._distributed()
@@ -156,9 +168,16 @@ class MultiTaskDataModule(L.LightningDataModule):
                                          seed=int(os.environ.get("PL_GLOBAL_SEED", self.seed)))
         elif shards:  # no padding: every val image once, the last batches off by one at most
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **shards)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train and self.shuffle and sampler is None,
-                          sampler=sampler, num_workers=self.num_workers, collate_fn=collate_samples,
-                          pin_memory=self.pin_memory, drop_last=train, persistent_workers=self.num_workers > 0)
+        elif train:  # the order is a function of (seed, epoch): a resumed run continues where it was killed
+            sampler = ResumableSampler(len(dataset), seed=int(os.environ.get("PL_GLOBAL_SEED", self.seed)),
+                                       shuffle=self.shuffle)
+            done = self._batches_done_this_epoch(len(dataset) // batch_size)
+            if done:
+                sampler.resume_at(self.trainer.current_epoch, done * batch_size)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                          worker_init_fn=reseed_worker_transforms,
+                          collate_fn=collate_samples, pin_memory=self.pin_memory, drop_last=train,
+                          persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         labelled = self._labelled_loader()
@@ -172,6 +191,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         if shards:
             sampler = DistributedSamplerWrapper(sampler, shuffle=False, **shards)
         unlabelled = DataLoader(self.unlabelled_set, batch_size=self.unlabelled_batch_size, sampler=sampler,
+                                worker_init_fn=reseed_worker_transforms,
                                 drop_last=True, num_workers=self.num_workers, collate_fn=collate_samples,
                                 pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
         return CombinedLoader({"sup": labelled, "unsup": unlabelled}, mode="min_size")
@@ -189,7 +209,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         shards = self._distributed()
         sampler = RankBatchSampler(DistributedSampler(dataset, shuffle=False, **shards) if shards else
                                    range(len(dataset)), batches)
-        return DataLoader(dataset, batch_sampler=sampler,
+        return DataLoader(dataset, batch_sampler=sampler, worker_init_fn=reseed_worker_transforms,
                           num_workers=self.num_workers, collate_fn=collate_samples, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 

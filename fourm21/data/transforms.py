@@ -20,6 +20,35 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def pipeline_seed() -> int:
+    """Seed for an albumentations pipeline: albumentations ignores the global seeds, so it is derived from
+    torch's (``seed_everything``; inside a DataLoader worker, the worker's own), making runs repeatable."""
+    return int(torch.initial_seed() % 2**32)
+
+
+def reseed_worker_transforms(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: each worker re-seeds the pipelines of its copy of the data set, so
+    workers neither repeat each other's augmentations nor differ between two runs with the same seed."""
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
+    pl_worker_init_function(worker_id)  # what Lightning does for workers without a worker_init_fn
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return
+    stack, seen = [info.dataset], set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        stack.extend(getattr(obj, "datasets", []))  # ConcatDataset
+        if hasattr(obj, "dataset"):  # Subset
+            stack.append(obj.dataset)
+        transform = getattr(obj, "transform", None)
+        if isinstance(transform, A.Compose):
+            transform.set_random_seed(pipeline_seed())
+
+
 def build_dense_transform(img_size: int, train: bool, hflip: float = 0.5, scale: Sequence[float] = (0.9, 1.1),
                           translate: float = 0.05, rotate: float = 0.0, affine_p: float = 0.5,
                           color_jitter: float = 0.2, mean: Sequence[float] = IMAGENET_MEAN,
@@ -47,6 +76,7 @@ def build_dense_transform(img_size: int, train: bool, hflip: float = 0.5, scale:
         ops,
         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["box_idx"], min_visibility=0.2, clip=True),
         additional_targets={"semantic": "mask", "valid": "mask"},
+        seed=pipeline_seed(),
     )
 
 
@@ -115,4 +145,4 @@ def build_classification_transform(img_size: int, train: bool, hflip: float = 0.
             ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
                                      hue=min(0.5, color_jitter / 4), p=0.8))
     ops.append(A.Normalize(mean=tuple(mean), std=tuple(std)))
-    return A.Compose(ops)
+    return A.Compose(ops, seed=pipeline_seed())

@@ -9,10 +9,10 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
-from fourm21.data.images import list_images, read_image
-from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_dense_transform
+from fourm21.data.images import SkipLog, check_policy, list_images, read_image_or_skip
+from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_dense_transform, pipeline_seed
 
 
 def build_view_transform(img_size: int, min_scale: float = 0.3, color_jitter: float = 0.4,
@@ -28,64 +28,77 @@ def build_view_transform(img_size: int, min_scale: float = 0.3, color_jitter: fl
     if gray_p > 0:
         ops.append(A.ToGray(p=gray_p))
     ops.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
-    return A.Compose(ops)
+    return A.Compose(ops, seed=pipeline_seed())
 
 
-class ImageViewsFolder(Dataset):
-    """Every image under ``root`` (labels, if any, are ignored) as ``view1`` ... ``view<views>``.
+class _ImageFolder(Dataset):
+    """The images under ``root`` (recursively), decoded once and cached; bad ones skipped or fatal by policy."""
 
-    Two views feed contrastive learning, one feeds masked-image modelling.
-    """
-
-    def __init__(self, root: str | Path, transform: Any, limit: int | None = None, cache: bool = True,
-                 views: int = 2) -> None:
+    def __init__(self, root: str | Path, limit: int | None, cache: bool, on_bad_image: str, source: str) -> None:
+        self.root = Path(root)
         self.files = list_images(root)[:limit] if limit else list_images(root)
-        self.transform = transform
-        self.views = views
-        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self.on_bad_image = check_policy(on_bad_image)
+        self.source = source
+        self.skip_log = SkipLog(source, str(self.root.resolve()))
+        self._cache: dict[int, np.ndarray | None] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def _image(self, i: int) -> np.ndarray:
+    def _image(self, i: int) -> np.ndarray | None:
+        """(H, W, 3) uint8, or None for a skipped bad image (recorded in ``skip_log``)."""
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        image = read_image(self.files[i])
+        image = read_image_or_skip(self.files[i], self.on_bad_image, self.skip_log)
         if self._cache is not None:
             self._cache[i] = image
         return image
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+
+class ImageViewsFolder(_ImageFolder):
+    """Every image under ``root`` (labels, if any, are ignored) as ``view1`` ... ``view<views>``.
+
+    Two views feed contrastive learning, one feeds masked-image modelling. A skipped bad image is
+    None; ``collate_views`` leaves it out.
+    """
+
+    def __init__(self, root: str | Path, transform: Any, limit: int | None = None, cache: bool = True,
+                 views: int = 2, on_bad_image: str = "skip") -> None:
+        super().__init__(root, limit, cache, on_bad_image, "pretrain")
+        self.transform = transform
+        self.views = views
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor] | None:
         image = self._image(i)
+        if image is None:
+            return None
         views = [self.transform(image=image)["image"] for _ in range(self.views)]
         return {f"view{k + 1}": torch.from_numpy(v.transpose(2, 0, 1).copy()) for k, v in enumerate(views)}
 
 
-class UnlabelledImages(Dataset):
+def collate_views(samples: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor] | None:
+    """Stack the views of the images that were read; None when every image of the batch was skipped."""
+    kept = [s for s in samples if s is not None]
+    return default_collate(kept) if kept else None
+
+
+class UnlabelledImages(_ImageFolder):
     """Every image under ``root`` as a Sample with no targets (for pseudo-labelling); labels, if any, ignored.
 
     ``transform`` is one of the labelled pipelines (``build_dense_transform`` or
     ``build_classification_transform``), so unlabelled images get the same size and normalisation.
+    A skipped bad image is None, which ``collate_samples`` leaves out.
     """
 
     def __init__(self, root: str | Path, transform: Any, limit: int | None = None, cache: bool = True,
-                 source: str = "unlabelled") -> None:
-        self.root = Path(root)
-        self.files = list_images(root)[:limit] if limit else list_images(root)
+                 source: str = "unlabelled", on_bad_image: str = "skip") -> None:
+        super().__init__(root, limit, cache, on_bad_image, source)
         self.transform = transform
-        self.source = source
-        self._cache: dict[int, np.ndarray] | None = {} if cache else None
 
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if self._cache is not None and i in self._cache:
-            image = self._cache[i]
-        else:
-            image = read_image(self.files[i])
-            if self._cache is not None:
-                self._cache[i] = image
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        image = self._image(i)
+        if image is None:
+            return None
         h, w = image.shape[:2]
         if "bboxes" in getattr(self.transform, "processors", {}):
             out = apply_dense_transform(self.transform, image, np.zeros((0, 4), np.float32), None, None)["image"]

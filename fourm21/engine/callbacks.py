@@ -1,8 +1,9 @@
-"""Training guards as Lightning callbacks: skip steps with non-finite gradients, stop after too many in a row."""
+"""Training guards as Lightning callbacks: skip non-finite steps (and stop after too many), snapshot for resume."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -53,3 +54,36 @@ class NonFiniteGuard(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped = int(state_dict.get("skipped", 0))
         self.in_row = int(state_dict.get("in_row", 0))
+
+
+class LastSnapshot(L.Callback):
+    """Writes ``<dirpath>/last.ckpt`` every ``every_n_train_steps`` optimiser steps and at every epoch end.
+
+    This is what ``ckpt_path=last`` resumes: model, optimiser, scheduler, step counters and the
+    position in the epoch. Lightning saves through fsspec's transaction (a temporary file moved into
+    place), so a kill mid-save leaves the previous snapshot whole.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 200) -> None:
+        if every_n_train_steps < 1:
+            raise ValueError("every_n_train_steps must be >= 1")
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps
+        self._saved_at = -1
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.global_step != self._saved_at and not trainer.sanity_checking:
+            trainer.save_checkpoint(str(self.path))
+            self._saved_at = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.global_step % self.every_n_train_steps == 0:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._save(trainer)

@@ -30,7 +30,7 @@ def load_module(ckpt_path: str | Path) -> MultiTaskModule:
     hp = ckpt["hyper_parameters"]
     try:
         module = MultiTaskModule(model=hp["model"], loss=hp.get("loss") or {}, optim=hp.get("optim") or {},
-                                 meta=hp.get("meta"))
+                                 meta=hp.get("meta"), semi=hp.get("semi"))
     except Exception as e:  # noqa: BLE001 - a config this version cannot build, whatever the cause
         raise CheckpointError(f"{ckpt_path}: its model config cannot be built by this version of fourm21 "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
@@ -99,6 +99,8 @@ def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any
                if k.startswith("val/") and not k.endswith("_step")}
     metrics.update({f"{stage}/{k}": v for k, v in module.last_metrics.items()})
     metrics[f"time/{stage}_s"] = time.time() - t0
+    if not trainer.is_global_zero:  # every DDP process validated and holds the gathered metrics; one writes
+        return {**metrics, **(extra or {})}
     metrics.update(data_report(datamodule, run_dir))
     metrics.update(extra or {})
     names = list(datamodule.val_sets)
@@ -131,7 +133,8 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(run_dir), enable_checkpointing=False)
     metrics = evaluate_module(trainer, module, datamodule, run_dir, extra=None, plots=cfg.plots,
                               stage=cfg.get("stage", "val"), title=f"fourm21 evaluation of {cfg.ckpt_path}")
-    print_summary(metrics, run_dir)
+    if trainer.is_global_zero:
+        print_summary(metrics, run_dir)
     return metrics
 
 

@@ -73,10 +73,13 @@ class MultiTaskModule(L.LightningModule):
                  on_epoch=True)
         return total, outputs
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None or ("sup" in batch and batch["sup"] is None):
+            return None  # every image of the batch was skipped (data.on_bad_image=skip): no step
         if "sup" in batch and "unsup" in batch:  # semi-supervised: a labelled and an unlabelled batch
             total, _ = self._step(batch["sup"], "train")
-            if self.semi is not None and self.global_step >= int(self.semi.get("start_step", 0)):
+            if (batch["unsup"] is not None and self.semi is not None
+                    and self.global_step >= int(self.semi.get("start_step", 0))):
                 total = total + float(self.semi.get("weight", 1.0)) * self._pseudo_label_step(batch["unsup"])
             return total
         total, _ = self._step(batch, "train")
@@ -139,14 +142,16 @@ class MultiTaskModule(L.LightningModule):
         for ev in self.evaluators:
             ev.reset()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: dict[str, Any] | None, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch is None:
+            return  # every image of the batch was skipped
         outputs = self.model(batch["image"], batch.get("caption_tokens"))
         total, logs = self.criterion(self.model.loss(outputs, batch))
         logs.pop("loss")
         if len(self.evaluators) <= 1:
             logs["loss"] = total.detach()  # a total over different task sets would mix unlike things
         self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=batch["image"].shape[0], on_epoch=True,
-                      add_dataloader_idx=False)
+                      add_dataloader_idx=False, sync_dist=True)  # DDP: the mean over every process's images
         preds = self.model.postprocess(outputs, tuple(batch["image"].shape[-2:]))
         if dataloader_idx < len(self.evaluators):
             self.evaluators[dataloader_idx].update(preds, batch)
@@ -164,10 +169,11 @@ class MultiTaskModule(L.LightningModule):
         for ev in self.evaluators:  # thresholds tuned on val go into the head, hence the checkpoint and predict
             if ev.mlc is not None and ev.mlc.probs and "mlc" in self.model.heads:
                 self.model.heads["mlc"].thresholds.copy_(ev.mlc.thresholds.to(self.device))
-        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=False)
+        # the same on every DDP process (the evaluators gather first): sync_dist only says so to Lightning
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=False, sync_dist=True)
         score = selection_score(metrics)
         if score is not None:
-            self.log("val/score", score, prog_bar=True)
+            self.log("val/score", score, prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)

@@ -20,11 +20,12 @@ from pycocotools import mask as mask_utils
 from rich.progress import Progress, TextColumn
 
 from fourm21.api import Fourm21Model, FramePrediction, load
-from fourm21.data.images import read_image
+from fourm21.data.images import SkipLog, check_policy, read_image_or_skip
 from fourm21.data.video import list_media
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of
 from fourm21.errors import ConfigError
-from fourm21.metrics.plots import render_overlay, save_overlay
+from fourm21.metrics.draw import draw_frame
+from fourm21.metrics.plots import save_overlay
 
 
 def detection_entries(pred: dict[str, torch.Tensor], class_names: list[str], cat_ids: list[int] | None = None,
@@ -178,11 +179,16 @@ def predict_images(cfg: DictConfig, model: Fourm21Model, files: list[Path], run_
         overlays.mkdir(parents=True, exist_ok=True)
     captions = read_captions(cfg.get("captions"))
     images, annotations, counts, top_classes = [], [], Counter(), Counter()
+    skips = SkipLog("predict")
     task = progress.add_task("images", total=len(files), rate="")
     start = time.perf_counter()
     for first in range(0, len(files), cfg.batch_size):
-        chunk = files[first:first + cfg.batch_size]
-        arrays = [read_image(f) for f in chunk]
+        policy = cfg.get("on_bad_image", "skip")
+        read = [(f, read_image_or_skip(f, policy, skips)) for f in files[first:first + cfg.batch_size]]
+        chunk, arrays = [f for f, a in read if a is not None], [a for _, a in read if a is not None]
+        progress.update(task, advance=len(read) - len(chunk))
+        if not chunk:
+            continue
         texts = [captions.get(Path(f).name, "") for f in chunk] if captions else None
         preds = model.predict(arrays, batch_size=len(arrays), img_size=cfg.get("img_size"), captions=texts)
         for f, arr, pred in zip(chunk, arrays, preds):
@@ -211,6 +217,11 @@ def predict_images(cfg: DictConfig, model: Fourm21Model, files: list[Path], run_
     (run_dir / "predictions.json").write_text(json.dumps(result))
     report.append(f"{len(images)} images, {len(annotations)} detections"
                   + (f": {dict(counts.most_common(10))}" if counts else ""))
+    skipped = skips.entries()
+    if skipped:
+        result["skipped_images"] = [{"file_name": f, "reason": r} for f, r in skipped.items()]
+        (run_dir / "predictions.json").write_text(json.dumps(result))
+        report.append(f"{len(skipped)} unreadable images skipped (listed in predictions.json under skipped_images)")
     if top_classes:
         report.append(f"image classes: {dict(top_classes.most_common(10))}")
     report.append(f"results: {run_dir / 'predictions.json'}" + (f", overlays: {overlays}" if cfg.save_overlays else ""))
@@ -236,9 +247,8 @@ def predict_video(cfg: DictConfig, model: Fourm21Model, source: Path | int, out_
                 lines.write(json.dumps(record) + "\n")
                 counts.update(d["category_name"] for d in record["detections"])
                 if cfg.save_overlays:
-                    video.write(render_overlay(frame.image, frame.pred, model.class_names, model.image_class_names,
-                                               cfg.score_thr, cfg.show_semantic,
-                                               overlay_caption_lines(frame.pred, model)))
+                    video.write(draw_frame(frame.image, frame.pred, model.class_names, model.image_class_names,
+                                           cfg.score_thr, cfg.show_semantic, overlay_caption_lines(frame.pred, model)))
                 frames += 1
                 progress.update(task, advance=1, rate=_rate(frames, start, "frames"))
     except KeyboardInterrupt:
@@ -264,6 +274,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"max_frames: must be >= 1 or null, got {cfg.max_frames}")
     if len(str(cfg.video_fourcc)) != 4:
         raise ConfigError(f"video_fourcc: four characters such as mp4v, got {cfg.video_fourcc!r}")
+    check_policy(cfg.get("on_bad_image", "skip"), "on_bad_image")
 
 
 def run_predict(cfg: DictConfig) -> dict:

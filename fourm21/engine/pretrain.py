@@ -17,15 +17,16 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fourm21.data.transforms import reseed_worker_transforms
+from fourm21.data.unlabelled import collate_views
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
-from fourm21.errors import ConfigError, Fourm21Error
+from fourm21.errors import ConfigError
 from fourm21.losses.contrastive import nt_xent
 from fourm21.losses.masked_image import masked_pixel_l1
 from fourm21.metrics.report import write_report
@@ -54,7 +55,9 @@ class ContrastivePretrainer(L.LightningModule):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([f.mean(dim=(2, 3)) for f in self.backbone(x)], dim=1)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every image of the batch was skipped
+            return None
         z1, z2 = self.projector(self.embed(batch["view1"])), self.projector(self.embed(batch["view2"]))
         loss = nt_xent(z1, z2, self.hparams.temperature)
         self.log("pretrain/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
@@ -81,7 +84,9 @@ class MaskedImagePretrainer(L.LightningModule):
         if not 0 < mask_ratio < 1:
             raise ConfigError(f"mask_ratio: must be in (0, 1), got {mask_ratio}")
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every image of the batch was skipped
+            return None
         images = batch["view1"]
         grid = self.mim.grid(tuple(images.shape[-2:]))
         mask = random_block_mask(images.shape[0], grid, self.hparams.mask_patch // self.mim.patch_size,
@@ -126,17 +131,13 @@ def run_pretrain(cfg: DictConfig) -> dict:
     save_config(cfg, run_dir)
     method = resolve_method(cfg.method, backbone)
     view = cfg[method]
-    try:
-        dataset = instantiate(cfg.dataset, views=2 if method == "simclr" else 1,
-                              transform={"min_scale": view.min_scale, "color_jitter": view.color_jitter,
-                                         "gray_p": view.gray_p})
-    except InstantiationException as e:  # a bad folder is the user's to fix: one line, not Hydra's wrapper
-        if isinstance(e.__cause__, Fourm21Error):
-            raise e.__cause__ from None
-        raise
+    dataset = instantiate(cfg.dataset, views=2 if method == "simclr" else 1,
+                          transform={"min_scale": view.min_scale, "color_jitter": view.color_jitter,
+                                     "gray_p": view.gray_p})
     if len(dataset) < cfg.batch_size:
         raise ConfigError(f"batch_size: {cfg.batch_size} is more than the {len(dataset)} images under {cfg.data.root}")
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, collate_fn=collate_views,
+                        worker_init_fn=reseed_worker_transforms,
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     if method == "simclr":
         module = ContrastivePretrainer(backbone, view.proj_dim, view.temperature, cfg.lr, cfg.weight_decay)
@@ -149,7 +150,8 @@ def run_pretrain(cfg: DictConfig) -> dict:
     save_file({k: v.detach().cpu().contiguous() for k, v in module.backbone.body.state_dict().items()}, str(out),
               metadata={"backbone": module.backbone.name, "method": method})
     loss = float(trainer.callback_metrics.get("pretrain/loss_epoch", float("nan")))
-    report = {"pretrain/loss": loss, "pretrain/images": float(len(dataset))}
+    report = {"pretrain/loss": loss, "pretrain/images": float(len(dataset)),
+              "data/skipped_images": float(len(dataset.skip_log))}
     write_report(run_dir, report, title=f"fourm21 self-supervised pretraining ({method})",
                  notes={"weights": str(out), "method": method})
     print(f"backbone weights: {out}  (use: model.backbone.checkpoint={out})")

@@ -10,17 +10,17 @@ import time
 from pathlib import Path
 
 import hydra
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
 from fourm21.engine.callbacks import NonFiniteGuard
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
-from fourm21.engine.evaluate import evaluate_module, print_summary
+from fourm21.engine.evaluate import data_report, evaluate_module, print_summary
 from fourm21.engine.lightning_module import MultiTaskModule
 from fourm21.engine.validate_config import check_config
-from fourm21.errors import ConfigError, Fourm21Error
+from fourm21.errors import ConfigError
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
@@ -66,12 +66,7 @@ def attach_unlabelled(cfg: DictConfig, datamodule) -> None:
     if not hasattr(datamodule, "attach_unlabelled"):
         raise ConfigError(f"semi.enabled: data '{cfg.data.get('name')}' has no datamodule that takes unlabelled images")
     datamodule.prepare_data()  # the default unlabelled folder is the generated shapes set
-    try:
-        dataset = instantiate(semi.dataset)
-    except InstantiationException as e:  # a bad folder is the user's to fix: one line, not Hydra's wrapper
-        if isinstance(e.__cause__, Fourm21Error):
-            raise e.__cause__ from None
-        raise
+    dataset = instantiate(semi.dataset)  # friendly_errors unwraps a DatasetError from Hydra's wrapper
     datamodule.attach_unlabelled(dataset, semi.batch_size)
 
 
@@ -97,7 +92,8 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
             cfg.ckpt_path = resume_from  # `last` -> the file, which check_config compares with this config
     check_config(cfg)
     setup_runtime(cfg)
-    save_config(cfg, run_dir)
+    if rank_zero_only.rank == 0:  # under DDP every process runs this script, in the same run dir
+        save_config(cfg, run_dir)
     datamodule = instantiate(cfg.data.datamodule)
     fill_from_data(cfg, datamodule)
     attach_unlabelled(cfg, datamodule)
@@ -123,9 +119,12 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     else:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         metrics.update(extra)
-        from fourm21.metrics.report import write_report
-        write_report(run_dir, metrics, title="fourm21 training report (not evaluated)")
-    print_summary(metrics, run_dir)
+        metrics.update(data_report(datamodule, run_dir))
+        if trainer.is_global_zero:
+            from fourm21.metrics.report import write_report
+            write_report(run_dir, metrics, title="fourm21 training report (not evaluated)")
+    if trainer.is_global_zero:
+        print_summary(metrics, run_dir)
     return metrics
 
 

@@ -94,11 +94,10 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     return (image.cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def draw_prediction(ax: plt.Axes, image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
-                    image_class_names: Sequence[str] = (), score_thr: float = 0.3, semantic: bool = False,
-                    topk: bool = False) -> None:
-    """Image with coloured instance masks, boxes labelled with class and score, and the image class
-    (with ``topk``: its top-5 probabilities); ``semantic`` tints each pixel by its semantic class."""
+def tint_masks(image: np.ndarray, pred: dict[str, torch.Tensor], score_thr: float, semantic: bool
+               ) -> tuple[np.ndarray, torch.Tensor]:
+    """(H, W, 3) float image in [0, 1] with instance masks (and, with ``semantic``, the semantic map) tinted
+    in their class colours; also the (N,) flags of the detections at or above ``score_thr``."""
     shown = image.copy()
     if semantic and "semantic" in pred:
         sem = pred["semantic"].cpu().numpy()
@@ -109,6 +108,15 @@ def draw_prediction(ax: plt.Axes, image: np.ndarray, pred: dict[str, torch.Tenso
         for k, mask in enumerate(pred["masks"].cpu()[keep]):
             colour = PALETTE[int(pred["labels"].cpu()[keep][k]) % len(PALETTE)]
             shown[mask.numpy()] = 0.45 * shown[mask.numpy()] + 0.55 * colour
+    return shown, keep
+
+
+def draw_prediction(ax: plt.Axes, image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
+                    image_class_names: Sequence[str] = (), score_thr: float = 0.3, semantic: bool = False,
+                    topk: bool = False) -> None:
+    """Image with coloured instance masks, boxes labelled with class and score, and the image class
+    (with ``topk``: its top-5 probabilities); ``semantic`` tints each pixel by its semantic class."""
+    shown, keep = tint_masks(image, pred, score_thr, semantic)
     ax.imshow(shown)
     if "boxes" in pred:
         for box, label, score in zip(pred["boxes"].cpu()[keep], pred["labels"].cpu()[keep], pred["scores"].cpu()[keep]):
@@ -134,7 +142,7 @@ def draw_prediction(ax: plt.Axes, image: np.ndarray, pred: dict[str, torch.Tenso
 def _overlay_figure(image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
                     image_class_names: Sequence[str], score_thr: float, semantic: bool,
                     caption_lines: Sequence[str]) -> plt.Figure:
-    """The figure ``save_overlay`` and ``render_overlay`` share: the image at its own size, ~400 px at least."""
+    """The figure ``save_overlay`` writes: the image at its own size, ~400 px at least."""
     h, w = image.shape[:2]
     zoom = max(1.0, 400 / max(h, w))  # small images are enlarged to ~400 px on the long side
     fig_h = h * zoom / 100 + 0.35
@@ -156,17 +164,6 @@ def save_overlay(image: np.ndarray, pred: dict[str, torch.Tensor], class_names: 
     fig.savefig(out_file)
     plt.close(fig)
     return Path(out_file)
-
-
-def render_overlay(image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
-                   image_class_names: Sequence[str], score_thr: float = 0.3, semantic: bool = False,
-                   caption_lines: Sequence[str] = ()) -> np.ndarray:
-    """The picture ``save_overlay`` writes, as an (H', W', 3) uint8 RGB array (a video frame)."""
-    fig = _overlay_figure(image, pred, class_names, image_class_names, score_thr, semantic, caption_lines)
-    fig.canvas.draw()
-    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return pixels
 
 
 def plot_prediction_grid(images: torch.Tensor, preds: list[dict[str, torch.Tensor]], class_names: Sequence[str],

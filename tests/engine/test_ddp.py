@@ -191,7 +191,7 @@ def test_rank_batch_sampler_shares_out_a_mixed_batch_order():
 EQUIVALENCE = ["data.generate.num_train=16", "data.generate.num_val=9", "+data.datamodule.val_batch_size=4",
                "+model.backbone.dims=[16,32,48,64]", "+model.backbone.depths=[1,1,1,1]", "model.neck.channels=32",
                "model.heads.det.enabled=false", "model.heads.inst.enabled=false", "model.heads.sem.enabled=false",
-               "data.aug.hflip=0", "data.aug.affine_p=0", "data.aug.color_jitter=0", "+data.datamodule.shuffle=false",
+               "data.aug.hflip=0", "data.aug.affine_p=0", "data.aug.color_jitter=0", "data.datamodule.shuffle=false",
                "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2", "trainer.enable_model_summary=false",
                "callbacks.progress=null", "evaluate=false", "plots=false"]
 

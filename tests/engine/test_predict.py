@@ -17,16 +17,18 @@ def test_predict_on_a_folder_writes_overlays_and_coco_json(tiny_run, tmp_path):
     rgb.convert("L").save(src / "grey.png")
     rgb.convert("RGBA").save(src / "sub" / "alpha.png")
     (src / "notes.txt").write_text("not an image")  # ignored: not an image suffix
+    (src / "broken.jpg").write_bytes(b"")  # unreadable: skipped and listed (on_bad_image=skip)
     out = tmp_path / "pred"
     res = run_cli("fourm21-predict", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"source={src}",
                                       "score_thr=0.0", "max_det=5", f"hydra.run.dir={out}"], work)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "3 images" in res.stdout
+    assert "3 images" in res.stdout and "1 unreadable images skipped" in res.stdout
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["000001_colour.png", "000002_grey.png",
                                                                       "000003_alpha.png"]
     data = json.loads((out / "predictions.json").read_text())
     assert all(im["classification"]["class_name"] in ("forest", "desert", "ocean", "dusk") for im in data["images"])
     assert all(len(im["classification"]["top5"]) == 4 for im in data["images"])
+    assert [s["file_name"] for s in data.pop("skipped_images")] == [str(src / "broken.jpg")]
     coco = COCO()
     coco.dataset = data
     coco.createIndex()  # a valid COCO file: pycocotools indexes it and decodes the masks
