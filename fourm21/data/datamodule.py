@@ -151,9 +151,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         return kwargs if kwargs and kwargs.get("num_replicas", 1) > 1 else None
 
     def _batches_done_this_epoch(self, num_batches: int) -> int:
-        """Training batches the checkpoint being resumed had run in its epoch: 0 for a fresh run or a
-        checkpoint from an epoch's end. Read when Lightning asks for the loader, which is after it restored
-        the loops' progress and before it counts the interrupted step as completed, hence ``processed``."""
+        """Training batches already run in the current epoch when a pass over the data starts: 0 for a fresh
+        epoch, the interrupted run's count when resuming mid-epoch (``processed``: Lightning counts the
+        step a checkpoint was saved in as completed only later), 0 again for a checkpoint from an epoch's end."""
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return 0
@@ -169,11 +169,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         elif shards:  # no padding: every val image once, the last batches off by one at most
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **shards)
         elif train:  # the order is a function of (seed, epoch): a resumed run continues where it was killed
+            num_batches = len(dataset) // batch_size
             sampler = ResumableSampler(len(dataset), seed=int(os.environ.get("PL_GLOBAL_SEED", self.seed)),
-                                       shuffle=self.shuffle)
-            done = self._batches_done_this_epoch(len(dataset) // batch_size)
-            if done:
-                sampler.resume_at(self.trainer.current_epoch, done * batch_size)
+                                       shuffle=self.shuffle,
+                                       consumed_fn=lambda: self._batches_done_this_epoch(num_batches) * batch_size)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
                           worker_init_fn=reseed_worker_transforms,
                           collate_fn=collate_samples, pin_memory=self.pin_memory, drop_last=train,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -104,6 +106,21 @@ class MultiTaskModule(L.LightningModule):
                       on_step=False, on_epoch=True)
         self.log("train/pseudo/loss", total.detach(), batch_size=bs, on_step=False, on_epoch=True)
         return total
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The random-number states go with the weights, so a resumed run draws what the killed one would have."""
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                    "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        random.setstate(states["python"])
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.teacher is not None:
