@@ -1,20 +1,27 @@
 """CPU latency of the fourm21 network, batch 1, fp32: PyTorch eager, ONNX Runtime, ONNX Runtime int8.
 
-Prints one JSON line per (model, backend, size, stage); ``median_ms`` is the median of ``--runs``
-timed runs after ``--warmup`` untimed ones. ``stage`` is ``forward`` (the raw head outputs) or
-``end2end`` (forward + box decoding + NMS + instance-mask assembly at input size + semantic map +
-class probabilities: what ``model.predict`` returns). ``detections`` says how many boxes (and masks)
-the end-to-end stage produced: random weights keep ``max_det`` of them, the worst case.
+Prints one JSON line per (model, size, backend, stage); ``median_ms`` is the median of ``--runs``
+timed runs after ``--warmup`` untimed ones. Stages:
 
-Backends: ``eager`` (``net(x)`` / ``net.predict(x)``); ``onnx``, the graphs ``fourm21-export`` writes
-(``forward``: the raw-output graph; ``end2end``: the ``end2end=true`` graph with NMS inside, then the
-mask upsampling ``fourm21.load`` does); ``int8``, the same two graphs after ONNX Runtime dynamic
-quantisation (int8 weights, activations quantised on the fly).
-In the same run, ultralytics YOLOv8n-seg built from its yaml (random weights, fused as its predictor
-runs it) is timed as a reference when ``ultralytics`` is importable; otherwise a line says it was skipped.
+- ``forward``: the network's raw head outputs;
+- ``end2end``: forward + box decoding + NMS + instance masks at input size + semantic map + class
+  probabilities, i.e. what ``model.predict`` returns, once per ``--max-det`` value. ``detections``
+  says how many boxes (and masks) it produced: random weights keep all ``max_det`` of them;
+- ``end2end_graph`` (ONNX only): the ``fourm21-export end2end=true`` graph, with decoding and NMS
+  inside, plus the mask upsampling ``fourm21.load`` does. ``graph_detections`` is how many the graph
+  returned (it has no ``max_det``; random weights put about all ``pre_nms_topk`` candidates there).
+
+Backends: ``eager`` (``net(x)``, ``net.predict(x)``); ``onnx``, the graphs ``fourm21-export`` writes,
+in ONNX Runtime (``end2end``: the raw-output graph + the heads' ``postprocess``, as ``fourm21.load``
+runs a default ONNX export); ``int8``, the same graphs after ONNX Runtime dynamic quantisation.
+When ``ultralytics`` is importable, YOLOv8n-seg built from its yaml (random weights, conv+BN fused as
+its predictor runs it) is timed in the same run as a reference; otherwise a line says it was skipped.
+
+All measurements of one input size are timed round-robin (each round runs every one of them once),
+so a burst of other work on a shared machine slows them all alike; ``load_1m`` records the load.
 
     python scripts/bench_cpu_latency.py                                   # model=lite, 320 and 640
-    python scripts/bench_cpu_latency.py --models lite multitask --sizes 320
+    python scripts/bench_cpu_latency.py --models lite multitask --sizes 320 --backends eager onnx
     python scripts/bench_cpu_latency.py --ckpt runs/x/checkpoints/best.ckpt --sizes 320
     python scripts/bench_cpu_latency.py --sizes 64 --runs 3 --warmup 1 --overrides model.neck.channels=16
 """
@@ -39,8 +46,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-STAGES = ("forward", "end2end")
 BACKENDS = ("eager", "onnx", "int8")
+Job = tuple[dict, Callable[[], object]]  # (the record to print, the call to time)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,11 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
     p.add_argument("--num-classes", type=int, default=80, help="object classes (80 = COCO, as YOLOv8n-seg)")
     p.add_argument("--num-image-classes", type=int, default=10, help="classes of the image-level head")
-    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides, e.g. model.neck.channels=32")
     p.add_argument("--max-det", nargs="+", type=int, default=[10, 100],
-                   help="end-to-end stage once per value: at most this many boxes (and masks) per image; random "
-                        "weights keep all of them (default: 10, and 100 = the config's, the worst case)")
+                   help="end2end stages once per value: at most this many boxes and masks per image "
+                        "(default: 10, and 100 = the config's value, the worst case)")
+    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides, e.g. model.neck.channels=32")
     p.add_argument("--no-yolo", action="store_true", help="skip the YOLOv8n-seg reference")
+    p.add_argument("--ort-spinning", action="store_true",
+                   help="let ONNX Runtime's idle threads spin (its default); off here, as they would otherwise "
+                        "compete with the PyTorch decoding that follows each run")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="torchscript",
                    help="ONNX exporter of the raw-output graph (the end-to-end graph always uses torchscript)")
     args = p.parse_args(argv)
@@ -73,28 +83,39 @@ def emit(record: dict) -> None:
 
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
 
-def timed(fn: Callable[[], object], runs: int, warmup: int) -> dict:
-    """Median/min/max/mean wall milliseconds of ``fn`` over ``runs`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": round(statistics.median(times), 2), "min_ms": round(min(times), 2),
-            "max_ms": round(max(times), 2), "mean_ms": round(statistics.fmean(times), 2), "runs": runs,
-            "warmup": warmup}
+def load_average() -> float | None:
+    """The 1-minute load average: above the number of threads timed, other work shared the CPU."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def run_jobs(jobs: list[Job], runs: int, warmup: int) -> None:
+    """Warm every job up, then time them round-robin; one line per job with its median etc. in ms."""
+    times: list[list[float]] = [[] for _ in jobs]
+    with torch.inference_mode():
+        for _, fn in jobs:
+            for _ in range(warmup):
+                fn()
+        for _ in range(runs):
+            for i, (_, fn) in enumerate(jobs):
+                t0 = time.perf_counter()
+                fn()
+                times[i].append((time.perf_counter() - t0) * 1e3)
+    load = load_average()
+    for (record, _), t in zip(jobs, times):
+        emit({**record, "median_ms": round(statistics.median(t), 2), "min_ms": round(min(t), 2),
+              "max_ms": round(max(t), 2), "mean_ms": round(statistics.fmean(t), 2), "runs": runs, "warmup": warmup,
+              "load_1m": load})
 
 
 def model_config(name: str, size: int, args: argparse.Namespace) -> dict:
@@ -111,27 +132,27 @@ def model_config(name: str, size: int, args: argparse.Namespace) -> dict:
     return OmegaConf.to_container(cfg.model, resolve=True)
 
 
-def build(name: str, size: int, args: argparse.Namespace):
+def build(name: str | None, size: int, args: argparse.Namespace):
     """(Fourm21Model, label): random weights (seed 0) from a model config, or a trained checkpoint."""
     import fourm21
     from fourm21.api import Fourm21Model
     from fourm21.models.multitask import build_model
 
     if args.ckpt:
-        model = fourm21.load(args.ckpt)
-        return model, Path(args.ckpt).name
+        return fourm21.load(args.ckpt), Path(args.ckpt).name
     torch.manual_seed(0)
     cfg = model_config(name, size, args)
     return Fourm21Model(build_model(cfg), cfg, {"img_size": size}), name
 
 
-def ort_session(path: Path, threads: int):
+def ort_session(path: Path, threads: int, spinning: bool = False):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -152,24 +173,27 @@ def detections(preds: list[dict]) -> int:
     return int(sum(len(p["boxes"]) for p in preds)) if preds and "boxes" in preds[0] else 0
 
 
-def bench_ours(name: str | None, size: int, args: argparse.Namespace, workdir: Path) -> None:
+def with_max_det(net, max_det: int, fn: Callable[[], list[dict]]) -> Callable[[], list[dict]]:
+    """``fn`` run with the detection head's ``max_det`` set (it caps boxes and masks after NMS)."""
+    def run() -> list[dict]:
+        net.heads["det"].max_det = max_det
+        return fn()
+    return run
+
+
+def jobs_ours(name: str | None, size: int, args: argparse.Namespace, workdir: Path) -> list[Job]:
     model, label = build(name, size, args)
     net = model.net.eval()
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     base = {"model": label, "size": size, "batch": 1, "dtype": "fp32", "threads": args.threads,
             "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 3)}
-    det_head = net.heads["det"]
-    with torch.inference_mode():
-        if "eager" in args.backends:
-            emit({**base, "backend": "eager", "stage": "forward", **timed(lambda: net(x), args.runs, args.warmup)})
-            for max_det in args.max_det:
-                det_head.max_det = max_det
-                emit({**base, "backend": "eager", "stage": "end2end", "max_det": max_det,
-                      "detections": detections(net.predict(x)),
-                      **timed(lambda: net.predict(x), args.runs, args.warmup)})
+    jobs: list[Job] = []
+    if "eager" in args.backends:
+        jobs.append(({**base, "backend": "eager", "stage": "forward"}, lambda: net(x)))
+        jobs += end2end_jobs(net, {**base, "backend": "eager", "stage": "end2end"}, lambda: net.predict(x), args)
     onnx_backends = [b for b in args.backends if b != "eager"]
     if not onnx_backends:
-        return
+        return jobs
     from fourm21.export import formats
 
     out_dir = workdir / f"{label}_{size}"
@@ -185,14 +209,22 @@ def bench_ours(name: str | None, size: int, args: argparse.Namespace, workdir: P
         if backend == "int8":
             graphs = (quantize(raw_path, out_dir / "model_int8.onnx"),
                       quantize(e2e_path, out_dir / "model_end2end_int8.onnx"))
+        jobs += onnx_jobs(net, names, graphs, x, {**base, "backend": backend}, args)
+    return jobs
+
+
+def end2end_jobs(net, base: dict, predict: Callable[[], list[dict]], args: argparse.Namespace) -> list[Job]:
+    jobs = []
+    for max_det in args.max_det:
+        fn = with_max_det(net, max_det, predict)
         with torch.inference_mode():
-            bench_onnx(net, names, graphs, x, {**base, "backend": backend}, args)
+            jobs.append(({**base, "max_det": max_det, "detections": detections(fn())}, fn))
+    return jobs
 
 
-def bench_onnx(net, names: list[str], graphs: tuple[Path, Path], x: torch.Tensor, base: dict,
-               args: argparse.Namespace) -> None:
-    """The raw-output graph (forward; + the heads' postprocess = end2end, as ``fourm21.load`` runs a default
-    ONNX export) and the ``end2end=true`` graph (NMS inside; + mask upsampling = end2end_graph)."""
+def onnx_jobs(net, names: list[str], graphs: tuple[Path, Path], x: torch.Tensor, base: dict,
+              args: argparse.Namespace) -> list[Job]:
+    """The raw-output graph (forward; + the heads' postprocess = end2end) and the ``end2end=true`` graph."""
     import onnxruntime as ort
 
     from fourm21.api import _end2end_predictions
@@ -201,43 +233,36 @@ def bench_onnx(net, names: list[str], graphs: tuple[Path, Path], x: torch.Tensor
     raw_graph, e2e_graph = graphs
     size = tuple(x.shape[-2:])
     feed = {"images": x.numpy()}
-    base = {**base, "onnxruntime": ort.__version__}
-    det_head = net.heads["det"]
-    sess = ort_session(raw_graph, args.threads)
-    reference = {f"{t}.{k}": v for t, raw in net(x).items() for k, v in raw.items()}
+    base = {**base, "onnxruntime": ort.__version__, "ort_spinning": args.ort_spinning}
+    sess = ort_session(raw_graph, args.threads, args.ort_spinning)
+    with torch.inference_mode():
+        reference = {f"{t}.{k}": v for t, raw in net(x).items() for k, v in raw.items()}
     diff = max(float(np.abs(o - reference[n].numpy()).max()) for n, o in zip(names, sess.run(names, feed)))
 
     def end2end() -> list[dict]:
         arrays = [torch.from_numpy(a) for a in sess.run(names, feed)]
         return net.postprocess(restore_outputs(net, names, arrays, size), size)
 
-    emit({**base, "stage": "forward", "max_abs_diff": round(diff, 6), "size_mb": mb(raw_graph),
-          **timed(lambda: sess.run(names, feed), args.runs, args.warmup)})
-    for max_det in args.max_det:
-        det_head.max_det = max_det
-        emit({**base, "stage": "end2end", "max_det": max_det, "detections": detections(end2end()),
-              "size_mb": mb(raw_graph), **timed(end2end, args.runs, args.warmup)})
-    sess_g = ort_session(e2e_graph, args.threads)
+    sess_g = ort_session(e2e_graph, args.threads, args.ort_spinning)
     names_g = [o.name for o in sess_g.get_outputs()]
 
     def end2end_graph() -> list[dict]:
         arrays = dict(zip(names_g, (torch.from_numpy(a) for a in sess_g.run(names_g, feed))))
         return _end2end_predictions(net, arrays, x.shape[0], size)
 
+    raw_mb, graph_mb = round(raw_graph.stat().st_size / 2**20, 2), round(e2e_graph.stat().st_size / 2**20, 2)
+    jobs: list[Job] = [({**base, "stage": "forward", "max_abs_diff": round(diff, 6), "size_mb": raw_mb},
+                        lambda: sess.run(names, feed))]
+    jobs += end2end_jobs(net, {**base, "stage": "end2end", "size_mb": raw_mb}, end2end, args)
     graph_dets = len(sess_g.run(["det_scores"], feed)[0])
-    for max_det in args.max_det:
-        det_head.max_det = max_det  # applied after the graph, as fourm21.load does
-        emit({**base, "stage": "end2end_graph", "max_det": max_det, "graph_detections": graph_dets,
-              "detections": detections(end2end_graph()), "size_mb": mb(e2e_graph),
-              **timed(end2end_graph, args.runs, args.warmup)})
+    jobs += end2end_jobs(net, {**base, "stage": "end2end_graph", "size_mb": graph_mb,
+                               "graph_detections": graph_dets}, end2end_graph, args)
+    return jobs
 
 
-def mb(path: Path) -> float:
-    return round(path.stat().st_size / 2**20, 2)
-
-
-def bench_yolo(sizes: list[int], args: argparse.Namespace) -> None:
-    """ultralytics YOLOv8n-seg from its yaml, random weights, conv+BN fused (as its predictor runs it)."""
+def load_yolo() -> torch.nn.Module | None:
+    """ultralytics YOLOv8n-seg from its yaml, random weights, conv+BN fused (as its predictor runs it);
+    None, after a line saying so, when ultralytics is not importable."""
     os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo_cfg_"))
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")
@@ -247,30 +272,32 @@ def bench_yolo(sizes: list[int], args: argparse.Namespace) -> None:
     except ImportError as e:
         emit({"model": "yolov8n-seg", "skipped": f"ultralytics is not importable ({e}); "
               "install it (e.g. pip install --target DIR ultralytics) and put DIR on PYTHONPATH"})
-        return
+        return None
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        net = YOLO("yolov8n-seg.yaml").model.fuse().eval()
-    params = round(sum(p.numel() for p in net.parameters()) / 1e6, 3)
-    for size in sizes:
-        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            emit({"model": "yolov8n-seg", "size": size, "batch": 1, "dtype": "fp32", "threads": args.threads,
-                  "params_m": params, "backend": "eager", "stage": "forward",
-                  **timed(lambda x=x: net(x), args.runs, args.warmup)})
+        return YOLO("yolov8n-seg.yaml").model.fuse().eval()
+
+
+def yolo_job(net: torch.nn.Module, size: int, args: argparse.Namespace) -> Job:
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    record = {"model": "yolov8n-seg", "size": size, "batch": 1, "dtype": "fp32", "threads": args.threads,
+              "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 3), "backend": "eager",
+              "stage": "forward"}
+    return record, lambda: net(x)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     emit({"machine": machine(), "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
-          "argv": sys.argv[1:] if argv is None else argv})
+          "load_1m": load_average(), "argv": sys.argv[1:] if argv is None else argv})
+    yolo = None if args.no_yolo else load_yolo()
     names = [None] if args.ckpt else args.models
     with tempfile.TemporaryDirectory(prefix="fourm21_bench_") as tmp:
-        for name in names:
-            for size in args.sizes:
-                bench_ours(name, size, args, Path(tmp))
-    if not args.no_yolo:
-        bench_yolo(args.sizes, args)
+        for size in args.sizes:
+            jobs = [yolo_job(yolo, size, args)] if yolo is not None else []
+            for name in names:
+                jobs += jobs_ours(name, size, args, Path(tmp))
+            run_jobs(jobs, args.runs, args.warmup)
     return 0
 
 

@@ -75,7 +75,8 @@ def test_lite_with_the_cifar10_experiment_keeps_only_classification():
     assert model(torch.randn(2, 3, 32, 32))["cls"]["logits"].shape == (2, 10)
 
 
-def overfit(shapes_root, steps: int) -> tuple[float, float, dict]:
+def test_lite_overfits_a_handful_of_images(shapes_root):
+    """The default model's learning test (tests/engine/test_overfit.py): same data, steps and thresholds."""
     torch.manual_seed(0)
     ds = CocoDataset(shapes_root / "images", shapes_root / "annotations/instances_train.json",
                      build_dense_transform(64, train=False), semantic_dir=shapes_root / "semantic")
@@ -84,33 +85,17 @@ def overfit(shapes_root, steps: int) -> tuple[float, float, dict]:
     criterion = MultiTaskLoss({"cls": 1.0, "det": 1.0, "inst": 1.0, "sem": 1.0})
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     first = None
-    for _ in range(steps):
+    for _ in range(250):
         total, _ = criterion(model.loss(model(batch["image"]), batch))
         opt.zero_grad()
         total.backward()
         opt.step()
         first = first if first is not None else total.item()
+    assert total.item() < 0.2 * first
     model.eval()
     ev = MultiTaskEvaluator(["cls", "det", "inst", "sem"], ds, num_image_classes=4, num_sem_classes=4)
     ev.update(model.predict(batch["image"]), batch)
-    return first, total.item(), ev.compute()
-
-
-def test_lite_overfits_a_handful_of_images_quickly(shapes_root):
-    """The default model's learning test (tests/engine/test_overfit.py), thresholds unchanged, 80 steps."""
-    first, last, m = overfit(shapes_root, steps=80)
-    assert last < 0.2 * first
-    assert m["cls/acc"] == 1.0
-    assert m["det/map50"] >= 0.9, m
-    assert m["inst/map50"] >= 0.8, m
-    assert m["sem/miou"] >= 0.8, m
-
-
-@pytest.mark.slow
-def test_lite_overfits_a_handful_of_images(shapes_root):
-    """Exactly the default model's learning test: 250 steps."""
-    first, last, m = overfit(shapes_root, steps=250)
-    assert last < 0.2 * first
+    m = ev.compute()
     assert m["cls/acc"] == 1.0
     assert m["det/map50"] >= 0.9, m
     assert m["inst/map50"] >= 0.8, m
