@@ -26,7 +26,7 @@ from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fourm21.data.video import VideoReader, VideoSource
 from fourm21.engine.checkpoints import load_checkpoint, load_state
 from fourm21.errors import CheckpointError
-from fourm21.losses.masks import box_crop_weights
+from fourm21.models.mask_paste import paste_masks
 from fourm21.models.multitask import MultiTaskNet, build_model
 
 ImageLike = str | Path | Image.Image | np.ndarray
@@ -252,8 +252,6 @@ def _onnx_runner(net: MultiTaskNet, path: Path, device: str | torch.device) -> C
 def _end2end_predictions(net: MultiTaskNet, out: dict[str, torch.Tensor], batch: int,
                          size: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
     """Per-image prediction dicts (as ``postprocess`` gives) from an end-to-end graph's flat outputs."""
-    from torch.nn import functional as F
-
     preds: list[dict[str, torch.Tensor]] = []
     det = net.heads["det"]
     for i in range(batch):
@@ -262,12 +260,10 @@ def _end2end_predictions(net: MultiTaskNet, out: dict[str, torch.Tensor], batch:
         order = out["det_scores"][sel].argsort(descending=True)[: det.max_det]
         p = {"boxes": out["det_boxes"][sel][order], "scores": out["det_scores"][sel][order],
              "labels": out["det_labels"][sel][order].long()}
-        if "det_masks" in out:
-            m = out["det_masks"][sel][order]
-            m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] if len(m) else \
-                m.new_zeros((0, *size))
-            m = m * box_crop_weights(p["boxes"], *size)
-            p["mask_probs"], p["masks"] = m, m > net.heads["inst"].mask_thr
+        if "det_masks" in out:  # probabilities at prototype resolution -> logits, pasted as the head does
+            logits = torch.logit(out["det_masks"][sel][order].float(), eps=1e-6)
+            p["mask_logits"] = logits
+            p["masks"] = paste_masks(logits, p["boxes"], size, threshold=net.heads["inst"].mask_thr)
         if "cls_probs" in out:
             probs = out["cls_probs"][i]
             k = min(net.heads["cls"].topk, len(probs))

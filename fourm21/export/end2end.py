@@ -5,8 +5,9 @@ index (as torchvision's and ultralytics' exported detectors do): ``det_batch_ind
 ``det_boxes`` (K, 4) xyxy in input pixels, ``det_scores`` (K,), ``det_labels`` (K,),
 ``det_masks`` (K, Hp, Wp) mask probabilities at prototype resolution (upsample to the input size,
 then zero outside the box, to get what ``InstanceMaskHead.postprocess`` gives).
-The decoding mirrors ``DetectionHead.postprocess`` (same scores, top-k, threshold and per-class
-NMS per image); ``max_det`` is not applied inside the graph.
+The decoding mirrors ``DetectionHead.postprocess`` (same scores, top-k, threshold, per-class NMS
+and ``max_det`` per image, the latter fixed at export). ``sem_labels`` follows the semantic head's
+``label_stride``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from fourm21.losses.detection import decode_ltrb
+from fourm21.models.heads.semantic import semantic_labels
 from fourm21.models.multitask import MultiTaskNet
 
 END2END_OUTPUTS = ("det_batch_index", "det_boxes", "det_scores", "det_labels", "det_masks", "cls_probs",
@@ -50,6 +52,10 @@ class EndToEnd(nn.Module):
         groups = (batch_idx * n_cls + lab).reshape(-1)  # NMS within each image and class
         keep = batched_nms(flat_boxes, flat_scores, groups, head.iou_thr)
         keep = keep[flat_scores[keep] > head.score_thr]
+        # at most max_det per image: keep is sorted by score, so a running count per image ranks them
+        in_image = (batch_idx.reshape(-1)[keep][:, None] == torch.arange(b, device=images.device)[None]).long()
+        rank = (in_image.cumsum(0) * in_image).sum(1)
+        keep = keep[rank <= head.max_det]
         kb, kl = batch_idx.reshape(-1)[keep], loc.reshape(-1)[keep]
         outputs = {"det_batch_index": kb, "det_boxes": flat_boxes[keep], "det_scores": flat_scores[keep],
                    "det_labels": lab.reshape(-1)[keep]}
@@ -60,6 +66,5 @@ class EndToEnd(nn.Module):
         if "cls" in out:
             outputs["cls_probs"] = out["cls"]["logits"].softmax(-1)
         if "sem" in out:
-            outputs["sem_labels"] = nn.functional.interpolate(out["sem"]["logits"], size=(h, w), mode="bilinear",
-                                                              align_corners=False).argmax(1)
+            outputs["sem_labels"] = semantic_labels(out["sem"]["logits"], (h, w), self.net.heads["sem"].label_stride)
         return tuple(outputs[n] for n in self.names)

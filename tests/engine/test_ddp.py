@@ -50,7 +50,7 @@ def _preds(batch: dict) -> list[dict]:
         preds.append({
             "boxes": boxes + torch.randn(boxes.shape, generator=g) * 3, "labels": batch["gt_labels"][i][valid],
             "scores": torch.rand(len(boxes), generator=g),
-            "masks": torch.roll(masks, 2, dims=2), "mask_probs": torch.roll(masks, 2, dims=2).float(),
+            "masks": torch.roll(masks, 2, dims=2),
             "class_label": label, "class_probs": torch.nn.functional.one_hot(label, 4).float(),
             "semantic": torch.roll(batch["semantic"][i].clamp(max=3), 3, dims=1),
         })

@@ -58,6 +58,7 @@ def test_onnx_end2end_has_nms_inside_and_matches_pytorch(tiny_run, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "export_report.json").read_text())
     assert report["nms_in_graph"] is True and report["same_kept_boxes"] is True
+    assert report["sem_labels_agree"] > 0.99
     import onnx
     graph = onnx.load(str(out / "export/model.onnx")).graph
 

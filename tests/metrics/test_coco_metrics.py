@@ -21,7 +21,7 @@ def _perfect_preds(batch, num_classes):
         preds.append({
             "boxes": batch["gt_boxes"][i][valid], "labels": batch["gt_labels"][i][valid],
             "scores": torch.linspace(0.9, 0.5, int(valid.sum())),
-            "masks": masks, "mask_probs": masks.float(),
+            "masks": masks,
             "class_label": batch["label"][i], "class_probs": torch.nn.functional.one_hot(batch["label"][i], 4).float(),
             "semantic": batch["semantic"][i].clamp(max=num_classes),
         })
@@ -63,7 +63,7 @@ def test_empty_predictions_give_zero_not_an_error(shapes_root):
     ev = MultiTaskEvaluator(["det", "inst"], ds)
     batch = collate_samples([ds[0], ds[1]])
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0),
-             "mask_probs": torch.zeros(0, 64, 64), "masks": torch.zeros(0, 64, 64, dtype=torch.bool)}
+             "masks": torch.zeros(0, 64, 64, dtype=torch.bool)}
     ev.update([empty, empty], batch)
     m = ev.compute()
     assert set(m) == {f"{t}/{k}" for t in ("det", "inst") for k in STAT_NAMES}
@@ -81,7 +81,7 @@ def test_report_equals_pycocotools_on_the_written_json(shapes_root, tmp_path):
     for p in preds:  # imperfect predictions, so the stats are not all 1
         p["boxes"] = p["boxes"] + torch.randn(p["boxes"].shape, generator=g) * 3
         p["scores"] = torch.rand(len(p["scores"]), generator=g)
-        p["mask_probs"] = torch.roll(p["mask_probs"], shifts=2, dims=2)
+        p["masks"] = torch.roll(p["masks"], shifts=2, dims=2)
     ev.update(preds, batch)
     m = ev.compute()
     assert 0.05 < m["det/map"] < 0.95

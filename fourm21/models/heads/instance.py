@@ -1,6 +1,7 @@
 """Instance masks from shared prototypes and per-location coefficients (YOLACT / YOLOv8-seg style).
 
-Only the kept detections' masks are assembled, so the cost after NMS is small.
+Only the kept detections' masks are assembled, each inside its box (``paste_masks``), so the cost
+after NMS is small.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from fourm21.losses.masks import box_crop_weights, prototype_mask_loss
+from fourm21.losses.masks import prototype_mask_loss
 from fourm21.models.heads.base import Head
+from fourm21.models.mask_paste import paste_masks
 from fourm21.models.neck import conv_norm_act
 
 
@@ -50,18 +51,11 @@ class InstanceMaskHead(Head):
 
     @torch.no_grad()
     def postprocess(self, outputs: dict, preds: list[dict], image_size: tuple[int, int]) -> None:
-        """Adds mask_probs (N, H, W) float and masks (N, H, W) bool for each kept detection."""
+        """Adds masks (N, H, W) bool and mask_logits (N, Hp, Wp) at prototype resolution (not cropped;
+        ``paste_masks`` turns them into masks at any size) for each kept detection."""
         raw = outputs[self.name]
-        h, w = image_size
         for i, p in enumerate(preds):
             loc = p["locations"]
-            if len(loc) == 0:
-                p["mask_probs"] = torch.zeros((0, h, w), device=loc.device)
-                p["masks"] = torch.zeros((0, h, w), dtype=torch.bool, device=loc.device)
-                continue
-            proto = raw["proto"][i].float()
-            m = torch.einsum("nk,khw->nhw", raw["coefs"][i, loc].float(), proto)
-            m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0].sigmoid()
-            m = m * box_crop_weights(p["boxes"], h, w)
-            p["mask_probs"] = m
-            p["masks"] = m > self.mask_thr
+            logits = torch.einsum("nk,khw->nhw", raw["coefs"][i, loc].float(), raw["proto"][i].float())
+            p["mask_logits"] = logits
+            p["masks"] = paste_masks(logits, p["boxes"], image_size, threshold=self.mask_thr)

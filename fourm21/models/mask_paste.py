@@ -1,0 +1,68 @@
+"""Instance masks from low-resolution logits to full-size boolean masks, computed inside each box only.
+
+Upsampling every kept detection's mask to the whole image (N x H x W floats) costs more on a CPU
+than the lite network's forward pass; a mask is zero outside its box anyway, so each box's crop is
+interpolated alone. The values are those of ``F.interpolate(mode="bilinear", align_corners=False)``
+(same source indices and weights), so the masks equal upsampling first and cropping afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def bilinear_matrix(out_len: int, in_len: int, scale: float,
+                    device: torch.device) -> tuple[torch.Tensor, list[int], list[int]]:
+    """(out_len, in_len) matrix whose row i holds output pixel i's two bilinear weights, as
+    ``F.interpolate(mode="bilinear", align_corners=False)`` takes them (``scale`` = source pixels per
+    output pixel), plus each output pixel's first and last source index."""
+    src = ((torch.arange(out_len, device=device, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
+    i0 = src.long().clamp_(max=in_len - 1)
+    i1 = (i0 + 1).clamp_(max=in_len - 1)
+    frac = (src - i0).clamp_(0, 1)
+    rows = torch.arange(out_len, device=device)
+    weights = torch.zeros((out_len, in_len), device=device)
+    weights.index_put_((rows, i0), 1 - frac, accumulate=True)
+    weights.index_put_((rows, i1), frac, accumulate=True)
+    return weights, i0.tolist(), i1.tolist()
+
+
+def box_pixel_ranges(boxes: torch.Tensor, height: int, width: int) -> list[list[int]]:
+    """(N, 4) xyxy -> per box [x_first, x_stop, y_first, y_stop]: the pixels whose centre lies in the box
+    (as ``box_crop_weights`` counts them)."""
+    b = boxes.detach().float().cpu()
+    x0 = (b[:, 0] - 0.5).ceil().clamp(0, width)
+    x1 = ((b[:, 2] - 0.5).floor() + 1).clamp(0, width)
+    y0 = (b[:, 1] - 0.5).ceil().clamp(0, height)
+    y1 = ((b[:, 3] - 0.5).floor() + 1).clamp(0, height)
+    return torch.stack([x0, x1, y0, y1], 1).long().tolist()
+
+
+def paste_masks(mask_logits: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int],
+                scale: tuple[float, float] | None = None, threshold: float = 0.5) -> torch.Tensor:
+    """(N, h, w) mask logits + (N, 4) xyxy boxes in output pixels -> (N, H, W) bool masks at ``size``.
+
+    A pixel is set where it lies inside its box and the bilinearly upsampled probability exceeds
+    ``threshold``. ``scale`` = (source rows, source columns) per output pixel; by default the low
+    resolution grid spans the whole output (h / H, w / W). Each crop is two small matrix products
+    over the source pixels its box touches.
+    """
+    n, h_in, w_in = mask_logits.shape
+    height, width = size
+    out = torch.zeros((n, height, width), dtype=torch.bool, device=mask_logits.device)
+    if n == 0:
+        return out
+    sy, sx = scale if scale is not None else (h_in / height, w_in / width)
+    wy, y_first, y_last = bilinear_matrix(height, h_in, sy, mask_logits.device)
+    wx, x_first, x_last = bilinear_matrix(width, w_in, sx, mask_logits.device)
+    thr = math.log(threshold / (1 - threshold)) if 0 < threshold < 1 else (-math.inf if threshold <= 0 else math.inf)
+    logits = mask_logits.float()
+    for i, (xa, xb, ya, yb) in enumerate(box_pixel_ranges(boxes, height, width)):
+        if xa >= xb or ya >= yb:
+            continue
+        ra, rb, ca, cb = y_first[ya], y_last[yb - 1] + 1, x_first[xa], x_last[xb - 1] + 1
+        crop = wy[ya:yb, ra:rb] @ logits[i, ra:rb, ca:cb] @ wx[xa:xb, ca:cb].T
+        torch.gt(crop, thr, out=out[i, ya:yb, xa:xb])
+    return out

@@ -1,0 +1,27 @@
+"""The end-to-end graph's module (before export): max_det per image, and the same results as postprocess."""
+
+import torch
+
+from fourm21.export.end2end import EndToEnd
+from fourm21.models.multitask import build_model
+from tests.conftest import model_config
+
+
+def test_end2end_keeps_at_most_max_det_per_image_the_same_as_postprocess():
+    torch.manual_seed(0)
+    net = build_model(model_config(**{"heads.det.max_det": 3, "heads.det.score_thr": 0.0,
+                                      "heads.sem.label_stride": 2})).eval()
+    images = torch.randn(3, 3, 64, 64)
+    wrapper = EndToEnd(net)
+    with torch.no_grad():
+        out = dict(zip(wrapper.names, wrapper(images)))
+        ref = net.predict(images)
+    counts = torch.bincount(out["det_batch_index"], minlength=3)
+    assert counts.tolist() == [3, 3, 3]  # random weights score every candidate above 0: capped, per image
+    for i, p in enumerate(ref):
+        sel = out["det_batch_index"] == i
+        assert torch.allclose(out["det_scores"][sel].sort(descending=True).values, p["scores"], atol=1e-5)
+        assert torch.allclose(out["det_boxes"][sel][out["det_scores"][sel].argsort(descending=True)], p["boxes"],
+                              atol=1e-4)
+    assert torch.equal(out["sem_labels"], torch.stack([p["semantic"] for p in ref]))
+    assert out["det_masks"].shape == (9, 32, 32)

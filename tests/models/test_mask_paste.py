@@ -1,0 +1,76 @@
+"""Masks assembled inside their boxes equal upsampling the whole mask and cropping it afterwards."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fourm21.data.geometry import unletterbox
+from fourm21.losses.masks import box_crop_weights
+from fourm21.models.heads.semantic import SemanticHead, semantic_labels
+from fourm21.models.mask_paste import paste_masks
+
+
+def _random_boxes(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
+    centre = torch.rand(n, 2, generator=g) * torch.tensor([w, h])
+    half = torch.rand(n, 2, generator=g) * torch.tensor([w, h]) / 2
+    return torch.cat([centre - half, centre + half], 1)  # some reach past the image: clipped
+
+
+@pytest.mark.parametrize(("low", "size"), [((80, 80), (320, 320)), ((16, 16), (64, 64)), ((20, 12), (333, 90)),
+                                           ((7, 9), (50, 51))])
+def test_paste_equals_full_upsampling_then_box_crop(low, size):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, *low, generator=g) * 3
+    boxes = _random_boxes(40, *size, g)
+    full = F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    reference = (full.sigmoid() * box_crop_weights(boxes, *size)) > 0.5
+    got = paste_masks(logits, boxes, size)
+    assert got.dtype == torch.bool and got.shape == (40, *size)
+    assert torch.equal(got, reference)
+    assert 0.02 < got.float().mean() < 0.5  # neither empty nor full: the comparison means something
+
+
+def test_paste_threshold_empty_and_degenerate_boxes():
+    logits = torch.full((3, 4, 4), 0.5)  # probability 0.62 everywhere
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0], [5.0, 5.0, 5.0, 5.0], [20.0, 20.0, 30.0, 30.0]])
+    got = paste_masks(logits, boxes, (16, 16), threshold=0.6)
+    assert got[0].all() and not got[1].any() and not got[2].any()  # zero-area and off-image boxes: empty
+    assert not paste_masks(logits, boxes, (16, 16), threshold=0.7).any()
+    assert paste_masks(torch.zeros(0, 4, 4), torch.zeros(0, 4), (16, 16)).shape == (0, 16, 16)
+
+
+def test_unletterbox_pastes_masks_at_the_original_size():
+    """A 100 x 50 image letterboxed into 64 x 64 (scale 0.64: 64 x 32 of image, the rest padding); the
+    16 x 16 prototype grid spans the input, so its first 16 x 8 cells cover the image."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 16, 16, generator=g) * 3
+    boxes_in = _random_boxes(5, 64, 32, g).clamp(0, 32)
+    pred = {"boxes": boxes_in, "mask_logits": logits, "masks": paste_masks(logits, boxes_in, (64, 64))}
+    out = unletterbox(pred, (100, 50), 0.64)
+    assert out["masks"].shape == (5, 100, 50)
+    expected_boxes = boxes_in / 0.64
+    expected_boxes[:, 0::2] = expected_boxes[:, 0::2].clamp(0, 50)
+    expected_boxes[:, 1::2] = expected_boxes[:, 1::2].clamp(0, 100)
+    # the whole grid spans 100 x 100 original pixels (the input's padding included): upsample, crop
+    full = F.interpolate(logits[:, None], size=(100, 100), mode="bilinear", align_corners=False)[:, 0, :, :50]
+    reference = (full > 0) & (box_crop_weights(out["boxes"], 100, 50) > 0)
+    assert torch.allclose(out["boxes"], expected_boxes)
+    assert torch.equal(out["masks"], reference)
+
+
+def test_semantic_labels_stride_one_is_the_full_argmax_and_stride_s_repeats_cells():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 7, 10, 12, generator=g)
+    full = F.interpolate(logits, size=(40, 48), mode="bilinear", align_corners=False).argmax(1)
+    assert torch.equal(semantic_labels(logits, (40, 48)), full)
+    coarse = semantic_labels(logits, (40, 48), label_stride=4)
+    cells = F.interpolate(logits, size=(10, 12), mode="bilinear", align_corners=False).argmax(1)
+    assert coarse.shape == (2, 40, 48)
+    assert torch.equal(coarse, cells.repeat_interleave(4, 1).repeat_interleave(4, 2))
+    assert (coarse == full).float().mean() > 0.5  # close to the exact map, not the same
+    assert semantic_labels(logits, (38, 45), label_stride=4).shape == (2, 38, 45)  # not a multiple of 4
+
+
+def test_semantic_label_stride_must_be_positive():
+    with pytest.raises(ValueError, match="label_stride"):
+        SemanticHead(8, num_classes=3, strides=[8], label_stride=0)
