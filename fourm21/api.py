@@ -25,7 +25,7 @@ from fourm21.data.images import read_image, to_rgb
 from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fourm21.data.video import VideoReader, VideoSource
 from fourm21.engine.checkpoints import load_checkpoint, load_state
-from fourm21.errors import CheckpointError
+from fourm21.errors import CheckpointError, ConfigError
 from fourm21.models.mask_paste import paste_masks
 from fourm21.models.multitask import MultiTaskNet, build_model
 
@@ -73,8 +73,12 @@ class Fourm21Model:
         return self
 
     def set_thresholds(self, score_thr: float | None = None, iou_thr: float | None = None,
-                       max_det: int | None = None) -> None:
-        """Change the detection decoding settings (the heads' config keys of the same names)."""
+                       max_det: int | None = None, sem_label_stride: int | None = None) -> None:
+        """Change the decoding settings: the detection head's keys of the same names, and the semantic
+        head's ``label_stride`` (argmax on an (H/s, W/s) grid: faster on CPUs, coarser boundaries).
+        ``None`` keeps the model's value."""
+        if sem_label_stride is not None and "sem" in self.net.heads:
+            set_sem_label_stride(self.net, sem_label_stride)
         det = self.net.heads["det"] if "det" in self.net.heads else None  # noqa: SIM401 - ModuleDict has no get
         if det is None:
             return
@@ -247,6 +251,13 @@ def _onnx_runner(net: MultiTaskNet, path: Path, device: str | torch.device) -> C
             return _end2end_predictions(net, dict(zip(names, arrays)), images.shape[0], tuple(images.shape[-2:]))
         return restore_outputs(net, names, arrays, tuple(images.shape[-2:]))
     return run
+
+
+def set_sem_label_stride(net: MultiTaskNet, stride: int) -> None:
+    """The semantic head's ``label_stride`` at decode time (an ONNX end-to-end graph keeps its own)."""
+    if int(stride) < 1:
+        raise ConfigError(f"sem_label_stride must be >= 1, got {stride}")
+    net.heads["sem"].label_stride = int(stride)
 
 
 def _end2end_predictions(net: MultiTaskNet, out: dict[str, torch.Tensor], batch: int,

@@ -28,6 +28,21 @@ def test_load_checkpoint_and_predict_in_original_pixels(tiny_run, tmp_path):
     torch.testing.assert_close(preds[0]["class_probs"], preds[1]["class_probs"])  # same pixels, same answer
 
 
+def test_sem_label_stride_decodes_the_semantic_map_in_blocks(tiny_run):
+    _, run_dir, _ = tiny_run
+    model = fourm21.load(run_dir / "checkpoints/best.ckpt")
+    rgb = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
+    exact = model.predict([rgb])[0]["semantic"]
+    model.set_thresholds(sem_label_stride=4)
+    coarse = model.predict([rgb])[0]["semantic"]
+    assert coarse.shape == exact.shape == (64, 64)
+    blocks = coarse.reshape(16, 4, 16, 4)
+    assert (blocks == blocks[:, :1, :, :1]).all()  # constant over each 4 x 4 cell
+    assert (coarse == exact).float().mean() > 0.5
+    with pytest.raises(fourm21.errors.ConfigError, match="sem_label_stride"):
+        model.set_thresholds(sem_label_stride=0)
+
+
 def test_safetensors_round_trip_is_exact(tiny_run, tmp_path):
     _, run_dir, _ = tiny_run
     model = fourm21.load(run_dir / "checkpoints/best.ckpt")

@@ -12,6 +12,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from fourm21.api import set_sem_label_stride
 from fourm21.data.coco import DROPPED
 from fourm21.data.images import skipped_images
 from fourm21.engine.checkpoints import architecture, check_data_matches, load_state, read_checkpoint
@@ -126,6 +127,8 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     setup_runtime(cfg)
     run_dir = run_dir_of(cfg)
     module = load_module(cfg.ckpt_path)
+    if cfg.get("sem_label_stride") is not None and "sem" in module.model.heads:
+        set_sem_label_stride(module.model, cfg.sem_label_stride)
     check_data_matches(module.hparams.model, cfg.data, cfg.ckpt_path)
     datamodule = instantiate(cfg.data.datamodule)
     datamodule.setup("validate")

@@ -284,7 +284,7 @@ def run_predict(cfg: DictConfig) -> dict:
     files, videos = list_media(cfg.source)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model: Fourm21Model = load(cfg.ckpt_path, device)
-    model.set_thresholds(cfg.score_thr, cfg.get("iou_thr"), cfg.get("max_det"))
+    model.set_thresholds(cfg.score_thr, cfg.get("iou_thr"), cfg.get("max_det"), cfg.get("sem_label_stride"))
     result: dict = {}
     report: list[str] = []
     with _new_progress() as progress:

@@ -43,6 +43,8 @@ def check_config(cfg: DictConfig) -> None:
     """Raise a ConfigError (or DatasetError / CheckpointError for paths) naming the first bad key."""
     if cfg.get("seed") is not None:
         _number(cfg.seed, "seed", 0, integer=True)
+    if cfg.get("sem_label_stride") is not None:  # fourm21-predict / fourm21-eval
+        _number(cfg.sem_label_stride, "sem_label_stride", 1, integer=True)
     _check_optim(cfg.get("optim"))
     _check_loss(cfg.get("loss"))
     _check_trainer(cfg.get("trainer"))
@@ -160,3 +162,5 @@ def _check_heads(cfg: DictConfig) -> None:
                 _number(det[key], f"model.heads.det.{key}", low, high, low_open=low_open)
         if "max_det" in det:
             _number(det.max_det, "model.heads.det.max_det", 1, integer=True)
+    if "sem" in enabled and "label_stride" in enabled["sem"]:
+        _number(enabled["sem"].label_stride, "model.heads.sem.label_stride", 1, integer=True)

@@ -48,6 +48,7 @@ BAD = [  # (overrides, error type, words the message must contain: the key and w
     (["model.heads.det.iou_thr=1.5"], ConfigError, "model.heads.det.iou_thr: must be <= 1"),
     (["model.heads.det.score_thr=-0.1"], ConfigError, "model.heads.det.score_thr: must be >= 0"),
     (["model.heads.det.max_det=0"], ConfigError, "model.heads.det.max_det: must be >= 1"),
+    (["model.heads.sem.label_stride=0"], ConfigError, "model.heads.sem.label_stride: must be >= 1"),
     (["model.heads.det.strides=[4,0,16]"], ConfigError, "model.heads.det.strides[1]: must be >= 1"),
     (["experiment=cifar10", "model.heads.det.enabled=true", "data.root=."], ConfigError,
      "model.heads.det.num_classes is 0: data 'cifar10' has no labels for this head; disable it"),
@@ -71,6 +72,12 @@ def test_bad_value_is_rejected_naming_the_key(overrides, error, words):
     with pytest.raises(error) as e:
         check_config(cfg)
     assert words in str(e.value)
+
+
+def test_bad_decode_setting_of_eval_and_predict_is_rejected():
+    for name, extra in (("eval", ["ckpt_path=x.ckpt"]), ("predict", ["ckpt_path=x.ckpt", "source=."])):
+        with pytest.raises(ConfigError, match="sem_label_stride: must be an integer"):
+            check_config(_compose([*extra, "sem_label_stride=2.5"], name))
 
 
 @pytest.mark.parametrize("overrides", [[], ["experiment=attributes"], ["experiment=multilabel_captions"],
