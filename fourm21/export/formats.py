@@ -88,7 +88,7 @@ def compare_outputs(model: Fourm21Model, names: list[str], ours: list[torch.Tens
 def export_onnx(model: Fourm21Model, path: Path, img_size: int, opset: int = 18, dynamo: bool = True) -> dict:
     """ONNX graph with input ``images`` (B, 3, S, S), dynamic batch, outputs named ``task.key``."""
     names = output_names(model.net, img_size)
-    wrapper = RawOutputs(model.net.cpu().eval(), names)
+    wrapper = RawOutputs(model.net.cpu().eval(), names).eval()  # the exporter restores the wrapper's mode
     example = torch.zeros(2, 3, img_size, img_size)
     used = "dynamo"
     try:
@@ -111,7 +111,7 @@ def export_onnx(model: Fourm21Model, path: Path, img_size: int, opset: int = 18,
 
 def export_onnx_end2end(model: Fourm21Model, path: Path, img_size: int, opset: int = 18) -> dict:
     """ONNX graph with decoding, NMS and mask assembly inside (``fourm21.export.end2end``)."""
-    wrapper = EndToEnd(model.net.cpu().eval())
+    wrapper = EndToEnd(model.net.cpu().eval()).eval()  # the exporter restores the wrapper's mode onto the net
     example = torch.zeros(2, 3, img_size, img_size)
     axes = {"images": {0: "batch"}, "cls_probs": {0: "batch"}, "sem_labels": {0: "batch"},
             **{n: {0: "detections"} for n in wrapper.names if n.startswith("det_")}}
@@ -133,7 +133,7 @@ def verify_onnx_end2end(model: Fourm21Model, path: Path, images: torch.Tensor) -
     names = [o.name for o in session.get_outputs()]
     got = dict(zip(names, (torch.from_numpy(np.asarray(a)) for a in session.run(names, {"images": images.numpy()}))))
     with torch.no_grad():
-        ref = model.net.predict(images)
+        ref = model.net.cpu().eval().predict(images)
     same, diff = True, 0.0
     for i, p in enumerate(ref):
         sel = got["det_batch_index"] == i

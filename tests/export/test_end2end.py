@@ -25,3 +25,18 @@ def test_end2end_keeps_at_most_max_det_per_image_the_same_as_postprocess():
                               atol=1e-4)
     assert torch.equal(out["sem_labels"], torch.stack([p["semantic"] for p in ref]))
     assert out["det_masks"].shape == (9, 32, 32)
+
+
+def test_onnx_export_leaves_the_network_in_eval_mode(tmp_path):
+    """The TorchScript exporter restores its wrapper's mode onto every submodule afterwards: a wrapper
+    in training mode left BatchNorm in training mode, and the export check then compared the graph with
+    batch-statistics outputs (seen as 'same kept boxes: False' on the BatchNorm lite model)."""
+    from fourm21.api import Fourm21Model
+    from fourm21.export.formats import export_onnx, export_onnx_end2end
+
+    cfg = model_config()
+    model = Fourm21Model(build_model(cfg).eval(), cfg, {"img_size": 64})
+    export_onnx_end2end(model, tmp_path / "e2e.onnx", 64)
+    assert not any(m.training for m in model.net.modules())
+    export_onnx(model, tmp_path / "raw.onnx", 64)
+    assert not any(m.training for m in model.net.modules())
