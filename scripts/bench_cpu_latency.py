@@ -11,7 +11,8 @@ timed runs after ``--warmup`` untimed ones. Stages:
   inside, plus the mask upsampling ``fourm21.load`` does. ``graph_detections`` is how many the graph
   returned (it has no ``max_det``; random weights put about all ``pre_nms_topk`` candidates there).
 
-Backends: ``eager`` (``net(x)``, ``net.predict(x)``); ``onnx``, the graphs ``fourm21-export`` writes,
+Backends: ``eager`` (``net(x)``, ``net.predict(x)``, with ``x`` in the layout ``Fourm21Model.predict``
+feeds: channels-last on a CPU); ``onnx``, the graphs ``fourm21-export`` writes,
 in ONNX Runtime (``end2end``: the raw-output graph + the heads' ``postprocess``, as ``fourm21.load``
 runs a default ONNX export); ``int8``, the same graphs after ONNX Runtime dynamic quantisation.
 When ``ultralytics`` is importable, YOLOv8n-seg built from its yaml (random weights, conv+BN fused as
@@ -189,8 +190,11 @@ def jobs_ours(name: str | None, size: int, args: argparse.Namespace, workdir: Pa
             "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 3)}
     jobs: list[Job] = []
     if "eager" in args.backends:
-        jobs.append(({**base, "backend": "eager", "stage": "forward"}, lambda: net(x)))
-        jobs += end2end_jobs(net, {**base, "backend": "eager", "stage": "end2end"}, lambda: net.predict(x), args)
+        xin = model.network_input(x)  # the layout Fourm21Model.predict feeds the network (channels-last on a CPU)
+        layout = {"channels_last": xin.is_contiguous(memory_format=torch.channels_last)}
+        jobs.append(({**base, "backend": "eager", "stage": "forward", **layout}, lambda: net(xin)))
+        jobs += end2end_jobs(net, {**base, "backend": "eager", "stage": "end2end", **layout},
+                             lambda: net.predict(xin), args)
     onnx_backends = [b for b in args.backends if b != "eager"]
     if not onnx_backends:
         return jobs

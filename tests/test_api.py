@@ -28,6 +28,19 @@ def test_load_checkpoint_and_predict_in_original_pixels(tiny_run, tmp_path):
     torch.testing.assert_close(preds[0]["class_probs"], preds[1]["class_probs"])  # same pixels, same answer
 
 
+def test_network_input_is_channels_last_on_cpu_with_the_same_outputs(tiny_run):
+    _, run_dir, _ = tiny_run
+    model = fourm21.load(run_dir / "checkpoints/best.ckpt")
+    x = torch.randn(2, 3, 64, 64)
+    xin = model.network_input(x)
+    assert xin.is_contiguous(memory_format=torch.channels_last) and torch.equal(xin, x)
+    with torch.no_grad():
+        plain, fast = model.net(x), model.net(xin)
+    for task, raw in plain.items():
+        for key, value in raw.items():
+            torch.testing.assert_close(fast[task][key], value, atol=1e-4, rtol=1e-4)
+
+
 def test_sem_label_stride_decodes_the_semantic_map_in_blocks(tiny_run):
     _, run_dir, _ = tiny_run
     model = fourm21.load(run_dir / "checkpoints/best.ckpt")
