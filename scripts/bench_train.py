@@ -35,10 +35,13 @@ Parts (``ms_per_batch`` is the median over ``--iters`` timed iterations after ``
              (assignment, box, cls, DFL and mask losses)
 
 Peak memory: on a CPU the process's RSS, sampled every 2 ms in a thread during the part (ru_maxrss
-cannot be reset per part; every model and its batches live in this one process, so ``mem_delta_mb``,
-peak minus the RSS when the part began, is the part's own share); on CUDA ``max_memory_allocated``,
-reset per part. Models are timed round-robin (each iteration runs every part of every model once),
-so machine noise hits all alike; the load average is recorded at the start and the end.
+cannot be reset per part), from one extra untimed round after the timed ones in which glibc's free heap
+is handed back to the OS (``malloc_trim``) before each part; every model and its batches live in this
+one process, so ``mem_delta_mb``, peak minus the RSS when the part began, is the part's own share. On
+CUDA ``max_memory_allocated`` / its growth over the part, reset per part.
+
+Models are timed round-robin (each iteration runs every part of every model once), so machine noise
+hits all alike; the load average is recorded at the start and the end.
 
 Data: ``--data`` (default ../shared/data/coco-mini next to the repository, the COCO 2017 layout);
 when that folder is absent, or with ``--data synthetic``, a small synthetic COCO folder is written
@@ -182,11 +185,21 @@ class RssSampler:
 
 
 class Meter:
-    """Wall time (synchronised on CUDA) and peak memory of a block: ``with meter.span(rec, "ms"): ...``."""
+    """Wall time (synchronised on CUDA) and peak memory of a block: ``with meter.span(rec, "ms"): ...``.
+
+    ``trim`` (the CPU memory pass): glibc's free heap goes back to the OS before each block, so the RSS
+    it starts from is what is live, not what earlier parts left cached, and ``mem_delta_mb`` is its own.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.rss = RssSampler() if device.type == "cpu" else None
+        self.trim = False
+        self._malloc_trim = None
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            self._malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -196,6 +209,8 @@ class Meter:
     def span(self, rec: Record, key: str = "ms") -> Iterator[None]:
         self._sync()
         if self.rss is not None:
+            if self.trim and self._malloc_trim is not None:
+                self._malloc_trim(0)
             start = self.rss.reset()
         else:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -252,6 +267,7 @@ class Bench:
     step: Measure
     info: dict[str, Any] = field(default_factory=dict)
     results: dict[str, list[Record]] = field(default_factory=dict)
+    memory: dict[str, Record] = field(default_factory=dict)  # the CPU memory pass, when there is one
 
 
 def to_device(batch: dict[str, Any], device: torch.device, image_key: str, channels_last: bool) -> dict[str, Any]:
@@ -611,12 +627,14 @@ def report(bench: Bench, args: argparse.Namespace, device: torch.device) -> dict
     for part, recs in bench.results.items():
         ms = [r["ms"] for r in recs]
         med = median(ms)
+        mem = bench.memory.get(part) or {"peak_mem_mb": max(r["peak_mem_mb"] for r in recs),
+                                         "mem_delta_mb": max(r["mem_delta_mb"] for r in recs)}
         line = {"model": bench.name, "part": part, "img_s": round(args.batch * 1e3 / med, 2) if med > 0 else None,
-                "ms_per_batch": round(med, 2), "peak_mem_mb": round(max(r["peak_mem_mb"] for r in recs), 1),
-                "device": str(device), "size": args.size, "batch": args.batch}
-        for key in sorted({k for r in recs for k in r} - {"ms", "peak_mem_mb"}):
-            vals = [r[key] for r in recs if key in r]
-            line[key] = round(max(vals), 1) if key == "mem_delta_mb" else round(median(vals), 2)
+                "ms_per_batch": round(med, 2), "peak_mem_mb": round(mem["peak_mem_mb"], 1),
+                "device": str(device), "size": args.size, "batch": args.batch,
+                "mem_delta_mb": round(mem["mem_delta_mb"], 1)}
+        for key in sorted({k for r in recs for k in r} - {"ms", "peak_mem_mb", "mem_delta_mb"}):
+            line[key] = round(median([r[key] for r in recs if key in r]), 2)
         if part.startswith("data"):
             line["ms_per_img"] = round(med / args.batch, 2)
         line.update({"min_ms": round(min(ms), 2), "max_ms": round(max(ms), 2), "iters": len(ms),
@@ -702,6 +720,12 @@ def main(argv: list[str] | None = None) -> int:
                         if it >= args.warmup:
                             b.results.setdefault(part, []).append(rec)
         wall = time.perf_counter() - t0
+        if meter.rss is not None:  # one more round, untimed, for memory: trimming the heap would perturb timing
+            meter.trim = True
+            for b in benches:
+                for measure in b.measures:
+                    b.memory.update(measure())
+            meter.trim = False
         all_lines = {b.name: report(b, args, device) for b in benches}
         for b in benches if args.profile > 0 else []:
             profile(b, args.profile, device)
