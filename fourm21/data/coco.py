@@ -195,13 +195,16 @@ class CocoDataset(Dataset):
     def __init__(self, img_dir: str | Path, ann_file: str | Path, transform: Any = None,
                  semantic_dir: str | Path | None = None, image_label_key: str | None = "label",
                  cache: bool = False, source: str = "coco", limit: int | None = None,
-                 on_bad_image: str = "error") -> None:
+                 on_bad_image: str = "error", mask_stride: int = 1) -> None:
         self.img_dir = Path(img_dir)
         self.ann_file = Path(ann_file)
         self.semantic_dir = Path(semantic_dir) if semantic_dir else None
         self.transform = transform
         self.source = source
         self.on_bad_image = check_policy(on_bad_image)
+        if not isinstance(mask_stride, int) or mask_stride < 1:
+            raise DatasetError(f"{self.ann_file}: mask_stride must be an integer >= 1, got {mask_stride!r}")
+        self.mask_stride = mask_stride
         self.skip_log = SkipLog(source, f"{self.img_dir.resolve()}|{self.ann_file.resolve()}")
         self.coco, self.repairs = load_coco(self.ann_file)
         self.ids = sorted(self.coco.imgs)
@@ -291,8 +294,8 @@ class CocoDataset(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))).float(),
             "boxes": torch.from_numpy(out["boxes"]).float(),
             "box_labels": torch.from_numpy(labels[out["keep"]]).long(),
-            "masks": (torch.from_numpy(out["masks"]) if out["masks"] is not None
-                      else torch.zeros((0, *size), dtype=torch.bool)),
+            "masks": mask_coverage(torch.from_numpy(out["masks"]) if out["masks"] is not None
+                                   else torch.zeros((0, *size), dtype=torch.bool), self.mask_stride),
             "semantic": torch.from_numpy(out["semantic"]),
             "meta": {"image_id": image_id, "source": self.source, "orig_size": (h, w),
                      "scale": max(size) / max(h, w), "file_name": self.coco.imgs[image_id]["file_name"]},
@@ -302,6 +305,21 @@ class CocoDataset(Dataset):
             if label is not None:
                 sample["label"] = int(label)
         return sample
+
+
+def mask_coverage(masks: torch.Tensor, stride: int) -> torch.Tensor:
+    """(N, H, W) bool -> (N, ceil(H/s), ceil(W/s)) float: the fraction of each s x s cell an instance covers.
+
+    Instance-mask targets at the prototype resolution, made once per image in the data pipeline:
+    a batch then carries (B, M, H/s, W/s) instead of (B, M, H, W) and the loss resizes nothing.
+    ``stride`` 1 keeps the bool masks.
+    """
+    if stride == 1:
+        return masks
+    n, h, w = masks.shape
+    gh, gw = -(-h // stride), -(-w // stride)
+    padded = torch.nn.functional.pad(masks.float(), (0, gw * stride - w, 0, gh * stride - h))
+    return padded.view(n, gh, stride, gw, stride).mean((2, 4))
 
 
 def _box_mask(box: list[float], h: int, w: int) -> np.ndarray:

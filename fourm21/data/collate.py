@@ -14,7 +14,8 @@ def collate_samples(samples: list[Sample | None]) -> dict | None:
     with no sample left is None, which the training and validation steps skip.
 
     Returns image (B, 3, H, W); label (B,) with -1 where absent; gt_boxes (B, M, 4);
-    gt_labels (B, M) with -1 for padding; gt_masks (B, M, H, W) bool; semantic (B, H, W) with
+    gt_labels (B, M) with -1 for padding; gt_masks (B, M, h, w) at the samples' mask resolution (bool at
+    full resolution, else coverage fractions; see ``CocoDataset.mask_stride``); semantic (B, H, W) with
     IGNORE_INDEX where absent; attributes {group: (B,) class or -1}; labels (B, C) multi-hot;
     caption_tokens (B, T) (0 = padding); has_label / has_boxes / has_masks / has_semantic /
     has_attributes / has_labels / has_caption (B,) bool; meta list.
@@ -27,7 +28,9 @@ def collate_samples(samples: list[Sample | None]) -> dict | None:
     m = max([len(s["boxes"]) for s in samples if "boxes" in s] + [1])
     gt_boxes = torch.zeros(b, m, 4)
     gt_labels = torch.full((b, m), -1, dtype=torch.long)
-    gt_masks = torch.zeros(b, m, h, w, dtype=torch.bool)
+    mask_shape, mask_dtype = next(((tuple(s["masks"].shape[-2:]), s["masks"].dtype) for s in samples if "masks" in s),
+                                  ((h, w), torch.bool))
+    gt_masks = torch.zeros(b, m, *mask_shape, dtype=mask_dtype)
     semantic = torch.full((b, h, w), IGNORE_INDEX, dtype=torch.long)
     for i, s in enumerate(samples):
         if "boxes" in s:

@@ -5,7 +5,8 @@ Keys (all optional except ``image`` and ``meta``):
     label     int, image-level class for the softmax head
     boxes     (N, 4) float32, xyxy in pixels of ``image``
     box_labels (N,) int64, contiguous detection class ids (0-based)
-    masks     (N, H, W) bool, instance masks aligned with ``boxes``
+    masks     (N, h, w) instance masks aligned with ``boxes``, at the resolution the mask loss uses:
+              bool at (H, W), or float cell coverage in [0, 1] at (H/s, W/s) (``mask_stride`` s)
     semantic  (H, W) int64, 0 = background, k = detection class k-1, 255 = ignore
     attributes {group: int}, a class index per attribute group, -1 = missing
     labels    (C,) float multi-hot, for the multi-label head

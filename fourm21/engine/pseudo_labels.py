@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from fourm21.data.coco import mask_coverage
 from fourm21.data.sample import IGNORE_INDEX
 
 
@@ -68,13 +69,17 @@ def pseudo_targets(outputs: Mapping[str, Any], preds: list[dict[str, torch.Tenso
         m = max([int(k.sum()) for k in keep] + [1])
         gt_boxes = torch.zeros(b, m, 4, device=device)
         gt_labels = torch.full((b, m), -1, dtype=torch.long, device=device)
-        gt_masks = torch.zeros(b, m, h, w, dtype=torch.bool, device=device)
+        # mask targets at the prototype resolution, as the data pipeline makes them (``mask_coverage``)
+        proto = outputs["inst"].get("proto") if "inst" in outputs else None
+        stride = h // proto.shape[-2] if proto is not None else 1
+        gt_masks = mask_coverage(torch.zeros(b * m, h, w, dtype=torch.bool, device=device), stride)
+        gt_masks = gt_masks.view(b, m, *gt_masks.shape[-2:])
         for i, (p, k) in enumerate(zip(preds, keep)):
             n = int(k.sum())
             gt_boxes[i, :n] = p["boxes"][k]
             gt_labels[i, :n] = p["labels"][k]
-            if "masks" in p:
-                gt_masks[i, :n] = p["masks"][k]
+            if "masks" in p and n:
+                gt_masks[i, :n] = mask_coverage(p["masks"][k], stride)
         batch.update(gt_boxes=gt_boxes, gt_labels=gt_labels, gt_masks=gt_masks,
                      has_boxes=torch.ones(b, dtype=torch.bool, device=device),
                      has_masks=torch.full((b,), "inst" in outputs, dtype=torch.bool, device=device))

@@ -8,21 +8,35 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fourm21.losses.masks import semantic_loss
+from fourm21.errors import ConfigError
+from fourm21.losses.masks import DICE_CLASSES, LABEL_REDUCTIONS, semantic_loss
 from fourm21.models.heads.base import Head
 from fourm21.models.neck import conv_norm_act
 
 
 class SemanticHead(Head):
-    """Logits (B, C + 1, H/s0, W/s0): the C thing classes plus background (index 0)."""
+    """Logits (B, C + 1, H/s0, W/s0): the C thing classes plus background (index 0).
+
+    The loss is taken on an (H/loss_stride, W/loss_stride) grid (see ``semantic_loss``); at
+    ``loss_stride`` = s0 the logits are compared as predicted, with the labels reduced per cell.
+    """
 
     name = "sem"
 
     def __init__(self, in_channels: int, num_classes: int, strides: list[int], channels: int = 64,
-                 dice_weight: float = 0.5, label_stride: int = 1) -> None:
+                 dice_weight: float = 0.5, label_stride: int = 1, loss_stride: int = 1,
+                 label_reduction: str = "majority", dice_classes: str = "present") -> None:
         super().__init__()
         if label_stride < 1:
-            raise ValueError(f"heads.sem.label_stride must be >= 1, got {label_stride}")
+            raise ConfigError(f"model.heads.sem.label_stride must be >= 1, got {label_stride}")
+        if not isinstance(loss_stride, int) or loss_stride < 1:
+            raise ConfigError(f"model.heads.sem.loss_stride must be an integer >= 1, got {loss_stride}")
+        if label_reduction not in LABEL_REDUCTIONS:
+            raise ConfigError(f"model.heads.sem.label_reduction must be one of {LABEL_REDUCTIONS}, "
+                              f"got '{label_reduction}'")
+        if dice_classes not in DICE_CLASSES:
+            raise ConfigError(f"model.heads.sem.dice_classes must be one of {DICE_CLASSES}, got '{dice_classes}'")
+        self.loss_stride, self.label_reduction, self.dice_classes = loss_stride, label_reduction, dice_classes
         self.strides = list(strides)
         self.label_stride = label_stride
         self.num_classes = num_classes + 1
@@ -41,7 +55,8 @@ class SemanticHead(Head):
         valid = batch["has_semantic"]
         if not valid.any():
             return {}
-        return semantic_loss(outputs[self.name]["logits"], batch["semantic"], valid, self.dice_weight)
+        return semantic_loss(outputs[self.name]["logits"], batch["semantic"], valid, self.dice_weight,
+                             self.loss_stride, self.label_reduction, self.dice_classes)
 
     @torch.no_grad()
     def postprocess(self, outputs: dict, preds: list[dict], image_size: tuple[int, int]) -> None:
