@@ -51,3 +51,20 @@ def test_letterbox_scales_longest_side_and_ignores_padding():
     assert out["image"].shape == (128, 128, 3)
     np.testing.assert_allclose(out["boxes"][0], [16, 16, 48, 32])
     assert (out["semantic"][64:] == 255).all() and (out["semantic"][:64] != 255).all()
+
+
+def test_masks_to_boxes_np_matches_torchvision():
+    import torch
+    from torchvision.ops import masks_to_boxes
+
+    from fourm21.data.transforms import masks_to_boxes_np
+
+    rng = np.random.default_rng(1)
+    masks = np.zeros((4, 40, 30), dtype=bool)
+    masks[0, 3:9, 5:6] = True
+    masks[1, 0:40, 29:30] = True
+    masks[2] = rng.random((40, 30)) > 0.9  # scattered pixels; masks[3] stays empty
+    boxes, ok = masks_to_boxes_np(masks)
+    assert ok.tolist() == [True, True, True, False]
+    ref = masks_to_boxes(torch.from_numpy(masks[:3])).numpy() + np.array([0, 0, 1, 1])
+    assert np.array_equal(boxes[:3], ref) and np.array_equal(boxes[3], np.zeros(4))

@@ -1,5 +1,6 @@
 """Mask losses at the network's resolution agree with the full-resolution computation where they must."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,13 @@ def test_instance_loss_with_coverage_targets_equals_full_resolution_masks():
     # sampling positives keeps image order, so max_pos below the count still pairs coefficients and prototypes
     sub = prototype_mask_loss(proto, coefs, matched, cov, gt_boxes, valid, (size, size), max_pos=5)
     assert torch.allclose(sub["bce"], lean["bce"])
+
+
+def test_mask_coverage_numpy_and_torch_paths_agree():
+    rng = np.random.default_rng(0)
+    m = rng.random((5, 30, 22)) > 0.6  # sizes not multiples of the stride
+    a = mask_coverage(m, 4)
+    b = mask_coverage(torch.from_numpy(m), 4)
+    assert a.shape == b.shape == (5, 8, 6)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert mask_coverage(np.zeros((0, 8, 8), dtype=bool), 4).shape == (0, 2, 2)
