@@ -78,6 +78,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from coco_to_yolo import convert, offline_ultralytics  # noqa: E402
 
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would ask PyPI for a newer version
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "coco-mini"
 MODELS = ("lite", "default", "yolov8n-seg")
