@@ -57,7 +57,8 @@ def prototype_mask_loss(proto: torch.Tensor, coefs: torch.Tensor, matched: torch
     # one (P_b, K) @ (K, Hp*Wp) product per image, instead of copying each positive's image's prototypes
     counts = torch.bincount(bi, minlength=proto.shape[0]).tolist()
     sel_coefs = coefs[bi, li].split(counts)
-    pred = torch.cat([c @ proto[b].flatten(1) for b, c in enumerate(sel_coefs) if len(c)]).view(-1, hp, wp)
+    protos = proto.flatten(2).unbind(0)  # one gradient buffer for all images (indexing per image makes B)
+    pred = torch.cat([c @ protos[b] for b, c in enumerate(sel_coefs) if len(c)]).view(-1, hp, wp)
     target = mask_targets_at(gt_masks[bi, gi], (hp, wp))
     h, w = image_size
     boxes = gt_boxes[bi, gi] * torch.tensor([wp / w, hp / h, wp / w, hp / h], device=proto.device)
