@@ -94,9 +94,19 @@ def architecture(model_cfg: Mapping[str, Any]) -> str:
     return f"backbone {backbone}, heads {'+'.join(heads) or 'none'}"
 
 
+def inference_prefix(hparams: Mapping[str, Any]) -> str:
+    """Where in a checkpoint's ``state_dict`` (and a ``MultiTaskModule``) the network used for inference
+    lives: ``ema.module.`` (the moving average of the weights) when the run had ``ema.enabled``, else
+    ``model.`` (the trained weights). The one place that decides: validation during training (hence
+    best.ckpt), the report, ``fourm21-eval``, ``fourm21-predict``, ``fourm21.load`` and ``fourm21-export``
+    all follow it."""
+    return "ema.module." if (hparams.get("ema") or {}).get("enabled") else "model."
+
+
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The network of a fourm21 ``.ckpt`` with its weights (``MultiTaskNet``, eval mode) and the
-    checkpoint's hyper-parameters (``model`` config, ``meta``: classes, image size ...)."""
+    """The network of a fourm21 ``.ckpt`` with its inference weights (``MultiTaskNet``, eval mode; the EMA
+    under ``ema.enabled``, see ``inference_prefix``) and the checkpoint's hyper-parameters (``model``
+    config, ``meta``: classes, image size ...)."""
     from fourm21.models.multitask import build_model
 
     ckpt = read_checkpoint(path)
@@ -106,7 +116,8 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     except Exception as e:  # noqa: BLE001 - a config this version cannot build, whatever the cause
         raise CheckpointError(f"{path}: its model config cannot be built by this version of fourm21 "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    prefix = inference_prefix(hp)  # ema.enabled: the EMA weights
+    state = {k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     load_state(net, state, path, f"its config ({architecture(hp['model'])})")
     return net.eval(), hp
 

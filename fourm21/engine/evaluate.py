@@ -25,13 +25,14 @@ from fourm21.metrics.report import per_class_markdown, write_report
 
 
 def load_module(ckpt_path: str | Path) -> MultiTaskModule:
-    """Rebuild the network from a checkpoint (its config is inside); a CheckpointError naming the file
+    """Rebuild the module from a checkpoint (its config is inside; with ``ema.enabled`` its validation runs
+    the EMA weights, ``module.inference_net``); a CheckpointError naming the file
     when it is missing or cut short, and what differs when its weights do not fit its config."""
     ckpt = read_checkpoint(ckpt_path)
     hp = ckpt["hyper_parameters"]
     try:
         module = MultiTaskModule(model=hp["model"], loss=hp.get("loss") or {}, optim=hp.get("optim") or {},
-                                 meta=hp.get("meta"), semi=hp.get("semi"))
+                                 meta=hp.get("meta"), semi=hp.get("semi"), ema=hp.get("ema"))
     except Exception as e:  # noqa: BLE001 - a config this version cannot build, whatever the cause
         raise CheckpointError(f"{ckpt_path}: its model config cannot be built by this version of fourm21 "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
@@ -113,6 +114,7 @@ def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any
             sections[f"Per-class classification ({name})"] = per_class_markdown(
                 ev.cls.per_class_table(), getattr(ds, "image_class_names", []))
     notes = {"checkpoint": ckpt_path or "in-memory model",
+             **({"weights": "the moving average (ema.enabled)"} if module.ema is not None else {}),
              f"{stage} images": ", ".join(f"{k}: {len(v)}" for k, v in datamodule.val_sets.items())}
     if metrics["data/skipped_images"]:
         notes["skipped images"] = f"{int(metrics['data/skipped_images'])}, listed in skipped_images.tsv"
@@ -128,7 +130,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     run_dir = run_dir_of(cfg)
     module = load_module(cfg.ckpt_path)
     if cfg.get("sem_label_stride") is not None and "sem" in module.model.heads:
-        set_sem_label_stride(module.model, cfg.sem_label_stride)
+        set_sem_label_stride(module.inference_net, cfg.sem_label_stride)
     check_data_matches(module.hparams.model, cfg.data, cfg.ckpt_path)
     datamodule = instantiate(cfg.data.datamodule)
     datamodule.setup("validate")

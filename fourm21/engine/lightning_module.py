@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fourm21.engine.checkpoints import inference_prefix
 from fourm21.engine.pseudo_labels import photometric_jitter, pseudo_targets
 from fourm21.errors import ConfigError
 from fourm21.losses.multitask import MultiTaskLoss
@@ -21,15 +22,75 @@ from fourm21.metrics.evaluator import MultiTaskEvaluator, selection_score
 from fourm21.models.multitask import MultiTaskNet, build_model
 
 
+def ema_multi_avg_fn(decay: float, ramp_steps: float):
+    """``AveragedModel``'s update for an exponential moving average whose decay ramps up with the number of
+    updates ``n``: ``decay * (1 - exp(-n / ramp_steps))`` (YOLOv5's ModelEMA). Early on, when the weights
+    still move fast, the average follows them closely instead of holding on to the first, near-random
+    weights; after a few ``ramp_steps`` it is ``decay``. ``ramp_steps=0``: torch's fixed-decay
+    ``get_ema_multi_avg_fn(decay)``. The ramp depends on ``n_averaged`` only, which the checkpoint holds,
+    so a resumed run continues the same average."""
+    if ramp_steps <= 0:
+        return get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        d = decay * (1.0 - math.exp(-float(num_averaged) / ramp_steps))
+        get_ema_multi_avg_fn(d)(ema_params, params, num_averaged)
+
+    return update
+
+
+def build_ema(net: torch.nn.Module, decay: float, ramp_steps: float = 0.0) -> AveragedModel:
+    """The one moving average of a network's weights and buffers: the evaluation EMA (``ema.enabled``)
+    and the semi-supervised mean teacher (``semi.teacher=ema``) are both built here."""
+    if not 0.0 < decay < 1.0:
+        raise ConfigError(f"EMA decay must be in (0, 1), got {decay!r}")
+    if ramp_steps < 0:
+        raise ConfigError(f"ema.ramp_steps must be >= 0, got {ramp_steps!r}")
+    ema = AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(decay, ramp_steps), use_buffers=True)
+    ema.requires_grad_(False)
+    return ema
+
+
+def update_average(ema: AveragedModel, net: torch.nn.Module) -> None:
+    """``ema.update_parameters(net)``; on a CPU in one thread. The update is a few hundred memory-bound
+    per-tensor lerps: with more threads each waits at an OpenMP barrier, which on a busy 2-core machine
+    cost 0.5-0.8 s per update (convnext_atto default) against 5-20 ms in one thread."""
+    on_cpu = next(net.parameters()).device.type == "cpu"
+    threads = torch.get_num_threads()
+    if on_cpu and threads > 1:
+        torch.set_num_threads(1)
+    try:
+        ema.update_parameters(net)
+    finally:
+        if on_cpu and threads > 1:
+            torch.set_num_threads(threads)
+
+
 class MultiTaskModule(L.LightningModule):
     """Trains every enabled head at once; logs ``stage/task/metric``.
 
     The model, loss and optimiser configs are saved in the checkpoint, so ``load_from_checkpoint``
     rebuilds the exact network without the original config files.
+
+    Weight EMA (``ema.enabled``): an exponential moving average of the network (``torch.optim.swa_utils.
+    AveragedModel``, parameters and buffers, updated after every optimiser step) is registered as the
+    submodule ``ema``. Validation (hence ``val/score`` and best.ckpt), the final report and ``forward`` in
+    eval mode run it (``inference_net``), and every checkpoint reader takes its weights
+    (``fourm21.engine.checkpoints.inference_prefix`` is the one place that decides). The checkpoint holds
+    both: ``model.*`` (what training continues from) and ``ema.*`` (the average and its update count), so a
+    resume continues both exactly. With ``semi.teacher=ema`` that same average is the mean teacher; without
+    ``ema.enabled`` the teacher is its own average under ``teacher.*``, as before.
+
+    Why not Lightning's ``WeightAveraging``/``EMAWeightAveraging`` callback (present in 2.6): it averages the
+    whole LightningModule (loss weights and the teacher too), swaps the average in at *every* validation
+    epoch start, including the ``trainer.validate(ckpt_path=best)`` after fitting, where it would swap
+    the final average in over the best checkpoint's weights; and the teacher, which the module needs in
+    ``training_step`` and which must exist without the callback, could not be the same object.
     """
 
     def __init__(self, model: dict, loss: dict, optim: dict, meta: dict | None = None,
-                 semi: dict | None = None) -> None:
+                 semi: dict | None = None, ema: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         # what inference needs besides weights: input size, normalisation, class names (filled in setup)
@@ -39,13 +100,16 @@ class MultiTaskModule(L.LightningModule):
         self.optim_cfg = dict(optim)
         # semi-supervised pseudo-labels (fourm21.engine.pseudo_labels); the EMA teacher is saved with the run
         self.semi = dict(semi) if semi and semi.get("enabled") else None
-        self.teacher: AveragedModel | None = None
         if self.semi is not None and self.semi.get("teacher", "ema") not in ("ema", "student"):
             raise ConfigError(f"semi.teacher: must be ema or student, got '{self.semi['teacher']}'")
-        if self.semi is not None and self.semi.get("teacher", "ema") == "ema":
-            decay = float(self.semi.get("ema_decay", 0.999))
-            self.teacher = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-            self.teacher.requires_grad_(False)
+        self._teacher_is_ema = self.semi is not None and self.semi.get("teacher", "ema") == "ema"
+        # one average: evaluated, saved for inference and (semi) the teacher. Registered through _modules
+        # (add_module refuses a name the class has a property for: ``ema``, ``teacher``)
+        if ema and ema.get("enabled"):
+            self._modules["ema"] = build_ema(self.model, float(ema["decay"]), float(ema["ramp_steps"]))
+        elif self._teacher_is_ema:
+            self._modules["teacher"] = build_ema(self.model, float(self.semi["ema_decay"]))
+        self._averaged_at_step = 0  # global_step of the last EMA update (one update per optimiser step)
         self.evaluators: list[MultiTaskEvaluator] = []
         self.val_set_names: list[str] = []
         # first val batch's images and predictions per val loader, for the plots
@@ -57,12 +121,34 @@ class MultiTaskModule(L.LightningModule):
         to = lambda c: OmegaConf.to_container(c, resolve=True)  # noqa: E731
         meta = {"img_size": cfg.data.get("img_size"), "data": cfg.data.get("name"),
                 "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-        semi = cfg.get("semi")
+        semi, ema = cfg.get("semi"), cfg.get("ema")
         return cls(model=to(cfg.model), loss=to(cfg.loss), optim=to(cfg.optim), meta=meta,
-                   semi={k: v for k, v in to(semi).items() if k != "dataset"} if semi and semi.enabled else None)
+                   semi={k: v for k, v in to(semi).items() if k != "dataset"} if semi and semi.enabled else None,
+                   ema=to(ema) if ema and ema.enabled else None)
+
+    @property
+    def averaged(self) -> AveragedModel | None:
+        """The moving average of the network, if any (``ema`` or the semi-supervised ``teacher``)."""
+        return self._modules.get("ema", self._modules.get("teacher"))
+
+    @property
+    def ema(self) -> AveragedModel | None:
+        """``ema.enabled``: the EMA that validation, checkpoints' inference weights and export use."""
+        return self._modules.get("ema")
+
+    @property
+    def teacher(self) -> AveragedModel | None:
+        """``semi.teacher=ema``: the mean teacher (the ``ema`` itself when that is enabled)."""
+        return self.averaged if self._teacher_is_ema else None
+
+    @property
+    def inference_net(self) -> MultiTaskNet:
+        """The network validation, the report and inference run: the EMA's copy under ``ema.enabled``,
+        else the trained one (the same rule as the checkpoint readers)."""
+        return self.get_submodule(inference_prefix(self.hparams).rstrip("."))
 
     def forward(self, images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-        return self.model(images)
+        return (self.model if self.training else self.inference_net)(images)
 
     def _step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, dict]:
         outputs = self.model(batch["image"], batch.get("caption_tokens"))
@@ -114,6 +200,7 @@ class MultiTaskModule(L.LightningModule):
                                     "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._match_averaged_keys(checkpoint)
         states = checkpoint.get("rng_states")
         if not states:
             return
@@ -122,9 +209,34 @@ class MultiTaskModule(L.LightningModule):
         kind, keys, pos, has_gauss, gauss = states["numpy"]
         np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
 
+    def _match_averaged_keys(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming with ``ema.enabled`` switched (or the teacher's EMA becoming the ``ema``): the checkpoint's
+        average is renamed, started from its trained weights, or dropped, so the weights load."""
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict):
+            return
+        mine = next((n for n in ("ema", "teacher") if n in self._modules), None)
+        present = [n for n in ("ema", "teacher") if any(k.startswith(f"{n}.") for k in state)]
+        if mine in present:
+            return
+        for name in present:  # an average this module has not got, or has under the other name
+            moved = {k: state.pop(k) for k in [k for k in state if k.startswith(f"{name}.")]}
+            if mine is not None:
+                state.update({f"{mine}.{k.removeprefix(f'{name}.')}": v for k, v in moved.items()})
+                return
+        if mine is not None:  # no average in the file: start it from the trained weights
+            state.update({f"{mine}.module.{k.removeprefix('model.')}": v.clone() for k, v in list(state.items())
+                          if k.startswith("model.")})
+            state[f"{mine}.n_averaged"] = torch.tensor(0, dtype=torch.long)
+
+    def on_train_start(self) -> None:
+        self._averaged_at_step = self.trainer.global_step  # after a resume: the restored step
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.teacher is not None:
-            self.teacher.update_parameters(self.model)
+        # after each optimiser step (not after a skipped batch or a gradient-accumulation micro-batch)
+        if self.averaged is not None and self.trainer.global_step > self._averaged_at_step:
+            update_average(self.averaged, self.model)
+            self._averaged_at_step = self.trainer.global_step
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -162,14 +274,15 @@ class MultiTaskModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any] | None, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch is None:
             return  # every image of the batch was skipped
-        outputs = self.model(batch["image"], batch.get("caption_tokens"))
-        total, logs = self.criterion(self.model.loss(outputs, batch))
+        net = self.inference_net  # ema.enabled: the moving average is what is scored (and best.ckpt picked by)
+        outputs = net(batch["image"], batch.get("caption_tokens"))
+        total, logs = self.criterion(net.loss(outputs, batch))
         logs.pop("loss")
         if len(self.evaluators) <= 1:
             logs["loss"] = total.detach()  # a total over different task sets would mix unlike things
         self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=batch["image"].shape[0], on_epoch=True,
                       add_dataloader_idx=False, sync_dist=True)  # DDP: the mean over every process's images
-        preds = self.model.postprocess(outputs, tuple(batch["image"].shape[-2:]))
+        preds = net.postprocess(outputs, tuple(batch["image"].shape[-2:]))
         if dataloader_idx < len(self.evaluators):
             self.evaluators[dataloader_idx].update(preds, batch)
         if batch_idx == 0:
@@ -183,9 +296,13 @@ class MultiTaskModule(L.LightningModule):
         for ev in self.evaluators:
             metrics.update(ev.compute())
         self.last_metrics = dict(metrics)  # exact values: Lightning's logged copies are float32
-        for ev in self.evaluators:  # thresholds tuned on val go into the head, hence the checkpoint and predict
+        # thresholds tuned on val go into the head, hence the checkpoint and predict; into the trained network
+        # and its EMA alike, so the average does not drift back to the old ones
+        nets = [self.model] + ([self.inference_net] if self.inference_net is not self.model else [])
+        for ev in self.evaluators:
             if ev.mlc is not None and ev.mlc.probs and "mlc" in self.model.heads:
-                self.model.heads["mlc"].thresholds.copy_(ev.mlc.thresholds.to(self.device))
+                for net in nets:
+                    net.heads["mlc"].thresholds.copy_(ev.mlc.thresholds.to(self.device))
         # the same on every DDP process (the evaluators gather first): sync_dist only says so to Lightning
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=False, sync_dist=True)
         score = selection_score(metrics)
