@@ -56,3 +56,19 @@ def test_fusion_switch_changes_the_dense_features():
     with torch.no_grad():
         on.fusion.film.weight.normal_(0, 0.5)
     assert not torch.allclose(before, on(x)["det"]["cls_logits"])
+
+
+def test_channels_last_input_gives_the_same_outputs():
+    torch.manual_seed(0)
+    plain = build_model({**model_config(), "channels_last": False}).eval()
+    fast = build_model({**model_config(), "channels_last": True}).eval()
+    fast.load_state_dict(plain.state_dict())
+    seen = []
+    fast.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.randn(2, 3, 64, 64)
+    a, b = plain(x), fast(x)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(
+        memory_format=torch.channels_last)
+    for task in a:
+        for key, value in a[task].items():
+            assert torch.allclose(value, b[task][key], atol=1e-4), (task, key)
