@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -31,9 +32,11 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from fourm21.data.clock import EpochClock
 from fourm21.data.images import SkipLog, check_policy, read_image_or_skip
+from fourm21.data.mosaic import MosaicItem, mosaic4
 from fourm21.data.sample import IGNORE_INDEX, Sample
-from fourm21.data.transforms import apply_dense_transform
+from fourm21.data.transforms import apply_dense_transform, masks_to_boxes_np
 from fourm21.errors import BadImageError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -191,12 +194,20 @@ class CocoDataset(Dataset):
 
     ``on_bad_image``: ``error`` raises a BadImageError naming the file; ``skip`` returns None for that
     index (``collate_samples`` leaves it out) and records it in ``skip_log``.
+
+    ``mosaic``: probability that a sample is a mosaic of its image and three others drawn at random
+    (``fourm21.data.mosaic``; ``mosaic_size``: its side, by default the pipeline's letterbox size),
+    then run through ``transform`` like any image; a mosaic sample has no image-level ``label``.
+    ``close_mosaic``: no mosaic in the last N epochs. Whether a sample is a mosaic, and of which
+    images, is a function of (seed, epoch, index) read from ``clock`` (``EpochClock``; the data module
+    attaches its own and sets it when each training pass starts), so it is repeatable and resumable.
     """
 
     def __init__(self, img_dir: str | Path, ann_file: str | Path, transform: Any = None,
                  semantic_dir: str | Path | None = None, image_label_key: str | None = "label",
                  cache: bool = False, source: str = "coco", limit: int | None = None,
-                 on_bad_image: str = "error", mask_stride: int = 1) -> None:
+                 on_bad_image: str = "error", mask_stride: int = 1, mosaic: float = 0.0, close_mosaic: int = 0,
+                 mosaic_size: int | None = None) -> None:
         self.img_dir = Path(img_dir)
         self.ann_file = Path(ann_file)
         self.semantic_dir = Path(semantic_dir) if semantic_dir else None
@@ -206,6 +217,16 @@ class CocoDataset(Dataset):
         if not isinstance(mask_stride, int) or mask_stride < 1:
             raise DatasetError(f"{self.ann_file}: mask_stride must be an integer >= 1, got {mask_stride!r}")
         self.mask_stride = mask_stride
+        if not 0.0 <= float(mosaic) <= 1.0:
+            raise DatasetError(f"{self.ann_file}: mosaic is a probability in [0, 1], got {mosaic!r}")
+        if int(close_mosaic) < 0:
+            raise DatasetError(f"{self.ann_file}: close_mosaic must be >= 0 epochs, got {close_mosaic!r}")
+        self.mosaic = float(mosaic)
+        self.close_mosaic = int(close_mosaic)
+        self.mosaic_size = int(mosaic_size) if mosaic_size else _letterbox_size(transform)
+        if self.mosaic > 0 and not self.mosaic_size:
+            raise DatasetError(f"{self.ann_file}: mosaic needs mosaic_size (the pipeline has no LongestMaxSize)")
+        self.clock = EpochClock()
         self.skip_log = SkipLog(source, f"{self.img_dir.resolve()}|{self.ann_file.resolve()}")
         self.coco, self.repairs = load_coco(self.ann_file)
         self.ids = sorted(self.coco.imgs)
@@ -282,30 +303,68 @@ class CocoDataset(Dataset):
                 sem[self.coco.annToMask(a).astype(bool)] = IGNORE_INDEX
         return sem
 
+    def attach_clock(self, clock: EpochClock) -> None:
+        """Read seed and epoch from ``clock`` (shared with the DataLoader workers; see ``fourm21.data.clock``)."""
+        self.clock = clock
+
+    def mosaic_active(self) -> bool:
+        """Mosaic is on (p > 0) and the clock is not within the last ``close_mosaic`` epochs."""
+        if self.mosaic <= 0:
+            return False
+        left = self.clock.epochs_left()
+        return left is None or left > self.close_mosaic
+
+    def _mosaic_rng(self, index: int) -> np.random.Generator | None:
+        """The mosaic's own generator for this (seed, epoch, index), or None when this sample is no mosaic."""
+        if not self.mosaic_active():
+            return None
+        rng = np.random.default_rng([self.clock.seed, self.clock.epoch, int(index), 0x6D6F73])
+        return rng if rng.random() < self.mosaic else None
+
     def __getitem__(self, index: int) -> Sample | None:
         image_id = self.ids[index]
         raw = self._load_raw(image_id)
         if raw is None:
             return None
+        rng = self._mosaic_rng(index)
+        if rng is not None:
+            return self._mosaic_sample(index, raw, rng)
         image, boxes, labels, masks, semantic = raw
         h, w = image.shape[:2]
         out = apply_dense_transform(self.transform, image, boxes, masks, semantic)
+        sample = self._sample(out, labels, image_id, (h, w), max(out["image"].shape[:2]) / max(h, w))
+        if self.image_label_key is not None:
+            label = self.coco.imgs[image_id].get(self.image_label_key)
+            if label is not None:
+                sample["label"] = int(label)
+        return sample
+
+    def _mosaic_sample(self, index: int, raw: tuple, rng: np.random.Generator) -> Sample:
+        """The image at ``index`` and three others (drawn by ``rng``) as one mosaic; no image-level label."""
+        others = rng.integers(len(self.ids), size=3).tolist()
+        raws = [raw] + [self._load_raw(self.ids[j]) or raw for j in others]  # a skipped image: the primary again
+        items = [MosaicItem(r[0], r[3], r[2], r[4]) for r in raws]
+        mos = mosaic4(items, self.mosaic_size, rng)
+        boxes, _ = masks_to_boxes_np(mos.masks)
+        out = apply_dense_transform(self.transform, mos.image, boxes, mos.masks, mos.semantic, valid=mos.valid)
+        image_id = self.ids[index]
+        sample = self._sample(out, mos.labels, image_id, mos.image.shape[:2], 1.0)
+        sample["meta"]["mosaic"] = [image_id] + [self.ids[j] for j in others]
+        return sample
+
+    def _sample(self, out: dict, labels: np.ndarray, image_id: int, orig_size: tuple[int, int],
+                scale: float) -> Sample:
         size = out["image"].shape[:2]
-        sample: Sample = {
+        return {
             "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))).float(),
             "boxes": torch.from_numpy(out["boxes"]).float(),
             "box_labels": torch.from_numpy(labels[out["keep"]]).long(),
             "masks": mask_coverage(out["masks"] if out["masks"] is not None else np.zeros((0, *size), dtype=bool),
                                    self.mask_stride),
             "semantic": torch.from_numpy(out["semantic"]),
-            "meta": {"image_id": image_id, "source": self.source, "orig_size": (h, w),
-                     "scale": max(size) / max(h, w), "file_name": self.coco.imgs[image_id]["file_name"]},
+            "meta": {"image_id": image_id, "source": self.source, "orig_size": tuple(orig_size),
+                     "scale": scale, "file_name": self.coco.imgs[image_id]["file_name"]},
         }
-        if self.image_label_key is not None:
-            label = self.coco.imgs[image_id].get(self.image_label_key)
-            if label is not None:
-                sample["label"] = int(label)
-        return sample
 
 
 def mask_coverage(masks: torch.Tensor | np.ndarray, stride: int) -> torch.Tensor:
@@ -329,6 +388,15 @@ def mask_coverage(masks: torch.Tensor | np.ndarray, stride: int) -> torch.Tensor
               for i in range(0, n, 512)]  # OpenCV takes at most 512 channels
     out = np.concatenate(chunks, -1) if chunks else np.zeros((gh, gw, 0), dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+
+
+def _letterbox_size(transform: Any) -> int | None:
+    """The ``max_size`` of the first ``A.LongestMaxSize`` in an albumentations pipeline (the letterbox side)."""
+    for t in getattr(transform, "transforms", []):
+        if isinstance(t, A.LongestMaxSize):
+            size = t.max_size
+            return int(size if isinstance(size, int) else max(size))
+    return None
 
 
 def _box_mask(box: list[float], h: int, w: int) -> np.ndarray:

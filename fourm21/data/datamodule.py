@@ -8,12 +8,17 @@ Under DDP the loaders are sharded here: the training set by a ``DistributedSampl
 ``shuffle`` (Lightning's own always shuffles), the val sets without padding, so each val image is
 scored exactly once (by one process), and a mixed-data batch order batch by batch
 (``RankBatchSampler``).
+
+Training-pass state reaches the DataLoader workers through ``clock`` (``fourm21.data.clock``): when a
+training pass starts, its sampler (in the main process, before it hands out any index) sets the
+clock's seed, epoch and max_epochs, which the workers' copies of the data sets (mosaic, close_mosaic)
+and of the collate function (multi-scale batches, ``multiscale``) read.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -30,8 +35,10 @@ from torch.utils.data import (
     Sampler,
 )
 
+from fourm21.data.clock import EpochClock
 from fourm21.data.collate import collate_samples
 from fourm21.data.mixed import RatioBatchSampler
+from fourm21.data.multiscale import MultiScaleCollate
 from fourm21.data.samplers import ResumableSampler
 from fourm21.data.transforms import reseed_worker_transforms
 
@@ -44,6 +51,46 @@ def _as_dict(factories: Any) -> dict[str, Callable[[], Dataset]]:
     return {"main": factories}
 
 
+def _leaves(datasets: Any) -> Iterator[Dataset]:
+    """The data sets inside ``datasets`` (through ConcatDataset and Subset)."""
+    stack, seen = list(datasets), set()
+    while stack:
+        ds = stack.pop()
+        if id(ds) in seen:
+            continue
+        seen.add(id(ds))
+        stack.extend(getattr(ds, "datasets", []))
+        if hasattr(ds, "dataset"):
+            stack.append(ds.dataset)
+        yield ds
+
+
+class _PassStartSampler(ResumableSampler):
+    """A ``ResumableSampler`` that calls ``on_pass(epoch)`` when a pass starts (main process, first index)."""
+
+    def __init__(self, *args: Any, on_pass: Callable[[int], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_pass = on_pass
+
+    def __iter__(self) -> Iterator[int]:
+        if self.on_pass is not None:
+            self.on_pass(self.epoch)
+        yield from super().__iter__()
+
+
+class _PassStartDistributedSampler(DistributedSampler):
+    """A ``DistributedSampler`` that calls ``on_pass(epoch)`` when a pass starts (Lightning keeps it under DDP)."""
+
+    def __init__(self, *args: Any, on_pass: Callable[[int], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_pass = on_pass
+
+    def __iter__(self) -> Iterator[int]:
+        if self.on_pass is not None:
+            self.on_pass(self.epoch)
+        yield from super().__iter__()
+
+
 class RankBatchSampler(BatchSampler):
     """Process ``rank`` of ``num_replicas`` takes batches rank, rank + num_replicas, ... of ``batches``.
 
@@ -54,9 +101,11 @@ class RankBatchSampler(BatchSampler):
     num_replicas`` batches, so all take the same number of steps.
     """
 
-    def __init__(self, sampler: Sampler | Any, batches: Sampler[list[int]]) -> None:  # noqa: D107
+    def __init__(self, sampler: Sampler | Any, batches: Sampler[list[int]],  # noqa: D107
+                 on_pass: Callable[[int], None] | None = None) -> None:
         self.sampler = sampler
         self.batches = batches
+        self.on_pass = on_pass  # called with the epoch when a pass starts (an init argument: kept when re-created)
 
     def _shard(self) -> tuple[int, int]:
         return int(getattr(self.sampler, "rank", 0)), int(getattr(self.sampler, "num_replicas", 1))
@@ -65,6 +114,8 @@ class RankBatchSampler(BatchSampler):
         return len(self.batches) // self._shard()[1]
 
     def __iter__(self):
+        if self.on_pass is not None:
+            self.on_pass(int(getattr(self.batches, "epoch", 0)))
         rank, replicas = self._shard()
         end = len(self) * replicas
         for i, batch in enumerate(self.batches):
@@ -84,13 +135,15 @@ class MultiTaskDataModule(L.LightningDataModule):
     ``prepare`` is an optional callable run before the datasets are built (the shapes generator).
     ``batch_size`` may be a dict per training set (per process under DDP); ``ratios`` weights the
     training sets. ``shuffle: false`` keeps the training set in file order (reproducible runs, the
-    DDP equivalence test).
+    DDP equivalence test). ``multiscale``: ``[lo, hi]`` scale factors; each training batch is resized to a
+    random multiple of ``multiscale_stride`` in that range times its size (``fourm21.data.multiscale``).
     """
 
     def __init__(self, train: Any, val: Any, batch_size: int | Mapping[str, int] = 32,
                  val_batch_size: int | None = None, num_workers: int = 0, prepare: Any = None,
                  pin_memory: bool = False, ratios: Mapping[str, float] | None = None,
-                 batches_per_epoch: int | None = None, seed: int = 0, shuffle: bool = True) -> None:
+                 batches_per_epoch: int | None = None, seed: int = 0, shuffle: bool = True,
+                 multiscale: Sequence[float] | None = None, multiscale_stride: int = 32) -> None:
         super().__init__()
         self._train_factories = _as_dict(train)
         self._val_factories = _as_dict(val)
@@ -103,6 +156,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.batches_per_epoch = batches_per_epoch
         self.seed = seed
         self.shuffle = shuffle
+        self.clock = EpochClock(seed=seed)
+        self.train_collate = (MultiScaleCollate(list(multiscale), multiscale_stride, self.clock)
+                              if multiscale else collate_samples)
         self.train_sets: dict[str, Dataset] = {}
         self.val_sets: dict[str, Dataset] = {}
         self.unlabelled_set: Dataset | None = None
@@ -141,6 +197,9 @@ class MultiTaskDataModule(L.LightningDataModule):
             self._prepare()  # idempotent; makes setup() alone enough outside a Trainer
         if not self.train_sets and stage in (None, "fit"):
             self.train_sets = {k: f() for k, f in self._train_factories.items()}
+            for ds in _leaves(self.train_sets.values()):
+                if hasattr(ds, "attach_clock"):
+                    ds.attach_clock(self.clock)
         if not self.val_sets:
             self.val_sets = {k: f() for k, f in self._val_factories.items()}
 
@@ -160,22 +219,35 @@ class MultiTaskDataModule(L.LightningDataModule):
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
         return done if done < num_batches else 0
 
+    def _seed(self) -> int:
+        return int(os.environ.get("PL_GLOBAL_SEED", self.seed))
+
+    def start_pass(self, epoch: int) -> None:
+        """A training pass starts (called by its sampler in the main process): set the clock the workers read.
+
+        The epoch is the trainer's (right on a resumed run too, where the sampler's is set only later),
+        else the sampler's; max_epochs is the trainer's (close_mosaic counts back from it)."""
+        trainer = getattr(self, "trainer", None)
+        epoch = int(getattr(trainer, "current_epoch", epoch))
+        self.clock.set(epoch=epoch, max_epochs=getattr(trainer, "max_epochs", None), seed=self._seed())
+
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         sampler = None
         shards = self._distributed()
         if shards and train:  # as Lightning's own sampler, which would always shuffle, seeded by ``seed``
-            sampler = DistributedSampler(dataset, shuffle=self.shuffle, **shards,
-                                         seed=int(os.environ.get("PL_GLOBAL_SEED", self.seed)))
+            sampler = _PassStartDistributedSampler(dataset, shuffle=self.shuffle, **shards, seed=self._seed(),
+                                                   on_pass=self.start_pass)
         elif shards:  # no padding: every val image once, the last batches off by one at most
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False, **shards)
         elif train:  # the order is a function of (seed, epoch): a resumed run continues where it was killed
             num_batches = len(dataset) // batch_size
-            sampler = ResumableSampler(len(dataset), seed=int(os.environ.get("PL_GLOBAL_SEED", self.seed)),
-                                       shuffle=self.shuffle,
-                                       consumed_fn=lambda: self._batches_done_this_epoch(num_batches) * batch_size)
+            sampler = _PassStartSampler(len(dataset), seed=self._seed(), shuffle=self.shuffle,
+                                        consumed_fn=lambda: self._batches_done_this_epoch(num_batches) * batch_size,
+                                        on_pass=self.start_pass)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
                           worker_init_fn=reseed_worker_transforms,
-                          collate_fn=collate_samples, pin_memory=self.pin_memory, drop_last=train,
+                          collate_fn=self.train_collate if train else collate_samples, pin_memory=self.pin_memory,
+                          drop_last=train,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
@@ -207,9 +279,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         # built here, in the hook, so that Lightning can re-create it with its own DistributedSampler under DDP
         shards = self._distributed()
         sampler = RankBatchSampler(DistributedSampler(dataset, shuffle=False, **shards) if shards else
-                                   range(len(dataset)), batches)
+                                   range(len(dataset)), batches, on_pass=self.start_pass)
         return DataLoader(dataset, batch_sampler=sampler, worker_init_fn=reseed_worker_transforms,
-                          num_workers=self.num_workers, collate_fn=collate_samples, pin_memory=self.pin_memory,
+                          num_workers=self.num_workers, collate_fn=self.train_collate, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:

@@ -80,8 +80,11 @@ def build_dense_transform(img_size: int, train: bool, hflip: float = 0.5, scale:
 
 
 def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None,
-                          semantic: np.ndarray | None) -> dict[str, np.ndarray]:
+                          semantic: np.ndarray | None, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Run ``transform`` and keep boxes and masks aligned.
+
+    ``valid`` (H, W), 1 = a real pixel (default: all): pixels outside it (e.g. the empty parts of a
+    mosaic) become IGNORE_INDEX in the semantic target, as the letterbox and affine borders do.
 
     Boxes come back as the tight boxes of the transformed masks (when masks exist), so a
     rotation does not inflate them; instances pushed out of the image are dropped.
@@ -93,7 +96,7 @@ def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.nda
     if masks is not None and len(masks):
         kwargs["masks"] = list(masks.astype(np.uint8))
     # "valid" marks real pixels, so letterbox and affine borders become IGNORE_INDEX in the semantic target.
-    kwargs["valid"] = np.ones((h, w), dtype=np.uint8)
+    kwargs["valid"] = np.ones((h, w), dtype=np.uint8) if valid is None else valid.astype(np.uint8, copy=False)
     if semantic is not None:
         kwargs["semantic"] = semantic
     out = transform(**kwargs)
