@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
@@ -246,9 +247,14 @@ class CocoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _load_raw(self, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-        """Decoded image (H, W, 3) uint8, boxes (N, 4) xyxy, labels (N,), masks (N, H, W), semantic (H, W);
-        None for a bad image under ``on_bad_image=skip``."""
+    def _load_raw(self, image_id: int) -> tuple | None:
+        """Decoded image (h, w, 3) uint8, boxes (N, 4) xyxy, labels (N,), masks (N, h, w), semantic (h, w) and the
+        original (H, W); None for a bad image under ``on_bad_image=skip``.
+
+        When the pipeline starts by shrinking the image to a letterbox side (``A.LongestMaxSize``), everything
+        is decoded at that size (``decode_size``): polygons are rasterised once, at the size training uses,
+        instead of as full-resolution masks that the pipeline then resizes one by one.
+        """
         if self._cache is not None and image_id in self._cache:
             return self._cache[image_id]
         info = self.coco.imgs[image_id]
@@ -263,25 +269,45 @@ class CocoDataset(Dataset):
                                     f"{info['height']} (EXIF rotation, or a replaced file?)", path=str(path),
                                     reason=f"size {w}x{h} differs from the annotation file's "
                                            f"{info['width']}x{info['height']}")
+            size = decode_size(self.transform, h, w)
+            if size != (h, w):  # as A.LongestMaxSize resizes the image, so the pipeline leaves it as it is
+                image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+            scale = np.array([size[1] / w, size[0] / h] * 2, dtype=np.float32)
             anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
             boxes = np.asarray([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                                 a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=np.float32).reshape(-1, 4)
+                                 a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=np.float32).reshape(-1, 4) * scale
             labels_np = np.asarray([self.cat_to_index[a["category_id"]] for a in anns], dtype=np.int64)
-            masks = [self.coco.annToMask(a).astype(bool) if a.get("segmentation") else _box_mask(box, h, w)
+            masks = [self._ann_mask(a, (h, w), size) if a.get("segmentation") else _box_mask(box, *size)
                      for a, box in zip(anns, boxes.tolist())]
-            masks_np = np.stack(masks) if masks else np.zeros((0, h, w), dtype=bool)
-            semantic = self._semantic(info, masks_np, labels_np, image_id, h, w)
+            masks_np = np.stack(masks) if masks else np.zeros((0, *size), dtype=bool)
+            semantic = self._semantic(info, masks_np, labels_np, image_id, h, w, size)
         except BadImageError as e:
             if self.on_bad_image != "skip":
                 raise
             self.skip_log.add(e.path or path, e.reason)
             return None
-        raw = (image, boxes, labels_np, masks_np, semantic)
+        raw = (image, boxes, labels_np, masks_np, semantic, (h, w))
         if self._cache is not None:
             self._cache[image_id] = raw
         return raw
 
-    def _semantic(self, info: dict, masks: np.ndarray, labels: np.ndarray, image_id: int, h: int, w: int) -> np.ndarray:
+    def _ann_mask(self, ann: dict, orig: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+        """One annotation's mask at ``size``: polygons scaled and rasterised there, RLE decoded and resized
+        (nearest, as the pipeline resizes masks)."""
+        if orig == size:
+            return self.coco.annToMask(ann).astype(bool)
+        seg = ann["segmentation"]
+        if isinstance(seg, list):
+            sx, sy = size[1] / orig[1], size[0] / orig[0]
+            polys = [[v * (sx if i % 2 == 0 else sy) for i, v in enumerate(p)] for p in seg]
+            rle = mask_utils.merge(mask_utils.frPyObjects(polys, size[0], size[1]))
+            return mask_utils.decode(rle).astype(bool)
+        return _resize_nearest(self.coco.annToMask(ann), size).astype(bool)
+
+    def _semantic(self, info: dict, masks: np.ndarray, labels: np.ndarray, image_id: int, h: int, w: int,
+                  size: tuple[int, int]) -> np.ndarray:
+        """(size) uint8 semantic labels: the image's PNG (``semantic_dir``, checked against (h, w)) or painted from
+        ``masks``; crowd regions are IGNORE_INDEX."""
         if self.semantic_dir is not None:
             path = (self.semantic_dir / info["file_name"]).with_suffix(".png")
             try:
@@ -293,14 +319,14 @@ class CocoDataset(Dataset):
             if sem.shape != (h, w):
                 raise BadImageError(f"semantic mask {path} is {sem.shape} but its image is ({h}, {w})", path=str(path),
                                     reason=f"semantic mask of shape {sem.shape}, image ({h}, {w})")
-            return sem
-        sem = np.zeros((h, w), dtype=np.uint8)
+            return _resize_nearest(sem, size)
+        sem = np.zeros(size, dtype=np.uint8)
         order = np.argsort([-m.sum() for m in masks]) if len(masks) else []
         for i in order:  # small objects painted last, so they stay visible where they overlap big ones
             sem[masks[i]] = labels[i] + 1
         for a in self.coco.imgToAnns.get(image_id, []):
             if a.get("iscrowd", 0):
-                sem[self.coco.annToMask(a).astype(bool)] = IGNORE_INDEX
+                sem[_resize_nearest(self.coco.annToMask(a), size).astype(bool)] = IGNORE_INDEX
         return sem
 
     def attach_clock(self, clock: EpochClock) -> None:
@@ -329,8 +355,7 @@ class CocoDataset(Dataset):
         rng = self._mosaic_rng(index)
         if rng is not None:
             return self._mosaic_sample(index, raw, rng)
-        image, boxes, labels, masks, semantic = raw
-        h, w = image.shape[:2]
+        image, boxes, labels, masks, semantic, (h, w) = raw
         out = apply_dense_transform(self.transform, image, boxes, masks, semantic)
         sample = self._sample(out, labels, image_id, (h, w), max(out["image"].shape[:2]) / max(h, w))
         if self.image_label_key is not None:
@@ -397,6 +422,25 @@ def _letterbox_size(transform: Any) -> int | None:
             size = t.max_size
             return int(size if isinstance(size, int) else max(size))
     return None
+
+
+def decode_size(transform: Any, h: int, w: int) -> tuple[int, int]:
+    """The (h, w) a pipeline starting with ``A.LongestMaxSize`` shrinks an (h, w) image to, with its rounding;
+    (h, w) itself when the pipeline does not start by shrinking it."""
+    ops = getattr(transform, "transforms", None) or []
+    first = ops[0] if len(ops) else None
+    if not isinstance(first, A.LongestMaxSize) or not isinstance(first.max_size, int):
+        return h, w
+    scale = first.max_size / max(h, w)
+    if scale >= 1.0:
+        return h, w
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if mask.shape[:2] == tuple(size):
+        return mask
+    return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def _box_mask(box: list[float], h: int, w: int) -> np.ndarray:

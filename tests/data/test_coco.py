@@ -98,3 +98,40 @@ def test_shapes_samples_carry_every_target(shapes_root):
     assert set(s) >= {"image", "label", "boxes", "box_labels", "masks", "semantic", "meta"}
     assert ds.image_class_names == list(SCENES)
     assert len(s["boxes"]) == len(s["masks"]) == len(s["box_labels"]) >= 1
+
+
+def test_large_images_are_decoded_at_the_letterbox_size(tmp_path):
+    """Polygons, RLE crowds and semantic PNGs are rasterised at the size the pipeline shrinks to, not at full size."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "sem").mkdir()
+    img = np.zeros((200, 320, 3), np.uint8)
+    img[40:120, 80:240] = (200, 30, 30)  # the object, painted where its polygon is
+    Image.fromarray(img).save(tmp_path / "img" / "a.png")
+    sem_png = np.zeros((200, 320), np.uint8)
+    sem_png[40:120, 80:240] = 1
+    Image.fromarray(sem_png).save(tmp_path / "sem" / "a.png")
+    crowd = np.zeros((200, 320), np.uint8)
+    crowd[160:200, 0:40] = 1
+    rle = mask_utils.encode(np.asfortranarray(crowd))
+    rle["counts"] = rle["counts"].decode()
+    data = {"images": [{"id": 1, "file_name": "a.png", "height": 200, "width": 320}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [80, 40, 160, 80], "area": 12800,
+                             "iscrowd": 0, "segmentation": [[80, 40, 240, 40, 240, 120, 80, 120]]},
+                            {"id": 2, "image_id": 1, "category_id": 5, "bbox": [0, 160, 40, 40], "area": 1600,
+                             "iscrowd": 1, "segmentation": rle}],
+            "categories": [{"id": 5, "name": "box"}]}
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    ds = CocoDataset(tmp_path / "img", ann, build_dense_transform(64, train=False))
+    image, boxes, labels, masks, semantic, orig = ds._load_raw(1)
+    assert image.shape == (40, 64, 3) and masks.shape == (1, 40, 64) and semantic.shape == (40, 64)
+    assert orig == (200, 320)
+    np.testing.assert_allclose(boxes[0], [16, 8, 48, 24])
+    assert masks[0, 8:24, 16:48].all() and masks[0].sum() == 16 * 32
+    assert (semantic[masks[0]] == 1).all() and (semantic[32:40, 0:8] == IGNORE_INDEX).all()
+    s = ds[0]
+    assert s["meta"]["orig_size"] == (200, 320) and s["meta"]["scale"] == pytest.approx(0.2)
+    np.testing.assert_allclose(s["boxes"][0].numpy(), [16, 8, 48, 24])
+    assert (s["image"][0, 8:24, 16:48] > s["image"][0, 0:8, 0:8].mean()).all()  # image and mask still aligned
+    with_png = CocoDataset(tmp_path / "img", ann, build_dense_transform(64, train=False), semantic_dir=tmp_path / "sem")
+    assert (with_png._load_raw(1)[4] == semantic.clip(max=1)).mean() > 0.95
