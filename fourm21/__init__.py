@@ -5,7 +5,13 @@
     preds = model.predict(["photo.jpg"])                             # plain dicts of tensors per image
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# albumentations asks PyPI for a newer version whenever it is imported (a network call of up to 2 s at every
+# CLI start, and a failed one offline); the user's own setting wins.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 def load(path, device="cpu"):
