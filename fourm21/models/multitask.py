@@ -26,6 +26,8 @@ class MultiTaskNet(nn.Module):
                  fusion: ContextFusion | None = None, channels_last: bool = False) -> None:
         super().__init__()
         self.channels_last = channels_last
+        # the neck may start at a coarser level than the backbone's finest (``neck.skip_unused``)
+        self.neck_first = backbone.strides.index(neck.strides[0])
         self.backbone = backbone
         self.neck = neck
         self.heads = nn.ModuleDict(heads)
@@ -55,7 +57,7 @@ class MultiTaskNet(nn.Module):
         for name, head in self.heads.items():
             if head.source == "backbone":
                 out[name] = head(feats, text=caption_tokens) if getattr(head, "uses_text", False) else head(feats)
-        dense = self.neck(feats)
+        dense = self.neck(feats[self.neck_first:])
         if self.fusion is not None:
             cls_logits = out["cls"]["logits"] if "cls" in out else None
             dense = self.fusion(dense, feats[-1], cls_logits)
@@ -100,12 +102,23 @@ class MultiTaskNet(nn.Module):
         return self.postprocess(self(images, caption_tokens), tuple(images.shape[-2:]))
 
 
+def _first_neck_level(cfg: DictConfig, strides: list[int]) -> int:
+    """Index of the finest backbone level an enabled neck head reads: finer levels need no FPN/PAN maps
+    (e.g. ``experiment=coco`` heads start at stride 8, and a stride-4 level costs 80 x 80 convolutions
+    at 320 px for nothing)."""
+    used = [s for hcfg in cfg.heads.values() if hcfg is not None and hcfg.get("enabled", True)
+            and get_class(hcfg["_target_"]).source == "neck" for s in hcfg.get("strides", [])]
+    finest = min(used) if used else strides[0]
+    return max([i for i, s in enumerate(strides) if s <= finest] or [0])
+
+
 def build_model(cfg: DictConfig | Mapping) -> MultiTaskNet:
     """Assemble the network from ``model`` config: backbone, neck, fusion, and every enabled head."""
     cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
     backbone = TimmBackbone(**OmegaConf.to_container(cfg.backbone, resolve=True))
     neck_cfg = OmegaConf.to_container(cfg.neck, resolve=True)
-    neck = FpnPan(backbone.channels, backbone.strides, **neck_cfg)
+    first = _first_neck_level(cfg, backbone.strides) if neck_cfg.pop("skip_unused", False) else 0
+    neck = FpnPan(backbone.channels[first:], backbone.strides[first:], **neck_cfg)
     heads: dict[str, Head] = {}
     for name, hcfg in cfg.heads.items():
         if hcfg is None or not hcfg.get("enabled", True):

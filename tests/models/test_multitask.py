@@ -72,3 +72,13 @@ def test_channels_last_input_gives_the_same_outputs():
     for task in a:
         for key, value in a[task].items():
             assert torch.allclose(value, b[task][key], atol=1e-4), (task, key)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_neck_skips_levels_finer_than_every_head(skip):
+    cfg = model_config(**{"heads.det.strides": [8, 16], "heads.sem.strides": [8, 16, 32], "neck.skip_unused": skip})
+    model = build_model(cfg)
+    assert model.neck.strides == ([8, 16, 32] if skip else [4, 8, 16, 32])
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out["sem"]["logits"].shape[-2:] == (8, 8) and out["inst"]["proto"].shape[-2:] == (16, 16)
+    sum(v.float().sum() for head in out.values() for v in head.values()).backward()
