@@ -59,7 +59,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import random
 import resource
 import statistics
@@ -76,6 +75,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cpu_latency import emit, machine  # noqa: E402
 from coco_to_yolo import convert, offline_ultralytics  # noqa: E402
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would ask PyPI for a newer version
@@ -118,20 +118,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.size % 32:
         p.error("--size must be a multiple of 32 (the coarsest stride of every model)")
     return args
-
-
-def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
 
 def code_state() -> dict:

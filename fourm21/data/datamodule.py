@@ -65,8 +65,8 @@ def _leaves(datasets: Any) -> Iterator[Dataset]:
         yield ds
 
 
-class _PassStartSampler(ResumableSampler):
-    """A ``ResumableSampler`` that calls ``on_pass(epoch)`` when a pass starts (main process, first index)."""
+class _CallsOnPass:
+    """Mixin for a sampler: calls ``on_pass(epoch)`` when a pass starts (main process, first index)."""
 
     def __init__(self, *args: Any, on_pass: Callable[[int], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -78,17 +78,12 @@ class _PassStartSampler(ResumableSampler):
         yield from super().__iter__()
 
 
-class _PassStartDistributedSampler(DistributedSampler):
+class _PassStartSampler(_CallsOnPass, ResumableSampler):
+    """A ``ResumableSampler`` that calls ``on_pass(epoch)`` when a pass starts."""
+
+
+class _PassStartDistributedSampler(_CallsOnPass, DistributedSampler):
     """A ``DistributedSampler`` that calls ``on_pass(epoch)`` when a pass starts (Lightning keeps it under DDP)."""
-
-    def __init__(self, *args: Any, on_pass: Callable[[int], None] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.on_pass = on_pass
-
-    def __iter__(self) -> Iterator[int]:
-        if self.on_pass is not None:
-            self.on_pass(self.epoch)
-        yield from super().__iter__()
 
 
 class RankBatchSampler(BatchSampler):
