@@ -5,6 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from fourm21.data.geometry import unletterbox
+from fourm21.errors import ConfigError
 from fourm21.losses.masks import box_crop_weights
 from fourm21.models.heads.semantic import SemanticHead, semantic_labels
 from fourm21.models.mask_paste import paste_masks
@@ -71,6 +72,9 @@ def test_semantic_labels_stride_one_is_the_full_argmax_and_stride_s_repeats_cell
     assert semantic_labels(logits, (38, 45), label_stride=4).shape == (2, 38, 45)  # not a multiple of 4
 
 
-def test_semantic_label_stride_must_be_positive():
-    with pytest.raises(ValueError, match="label_stride"):
-        SemanticHead(8, num_classes=3, strides=[8], label_stride=0)
+@pytest.mark.parametrize("kwargs", [{"label_stride": 0}, {"loss_stride": 0}, {"label_reduction": "mode"},
+                                    {"dice_classes": "some"}])
+def test_semantic_head_settings_are_checked(kwargs):
+    """A config mistake is a ConfigError naming the key, which the CLIs print in one line."""
+    with pytest.raises(ConfigError, match=f"model.heads.sem.{next(iter(kwargs))}"):
+        SemanticHead(8, num_classes=3, strides=[8], **kwargs)
