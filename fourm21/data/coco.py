@@ -37,7 +37,7 @@ from fourm21.data.clock import EpochClock
 from fourm21.data.images import SkipLog, check_policy, read_image_or_skip
 from fourm21.data.mosaic import MosaicItem, mosaic4
 from fourm21.data.sample import IGNORE_INDEX, Sample
-from fourm21.data.transforms import apply_dense_transform, masks_to_boxes_np
+from fourm21.data.transforms import apply_dense_transform, box_mask, masks_to_boxes_np
 from fourm21.errors import BadImageError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ class CocoDataset(Dataset):
             boxes = np.asarray([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                                  a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=np.float32).reshape(-1, 4) * scale
             labels_np = np.asarray([self.cat_to_index[a["category_id"]] for a in anns], dtype=np.int64)
-            masks = [self._ann_mask(a, (h, w), size) if a.get("segmentation") else _box_mask(box, *size)
+            masks = [self._ann_mask(a, (h, w), size) if a.get("segmentation") else box_mask(box, *size)
                      for a, box in zip(anns, boxes.tolist())]
             masks_np = np.stack(masks) if masks else np.zeros((0, *size), dtype=bool)
             semantic = self._semantic(info, masks_np, labels_np, image_id, h, w, size)
@@ -441,10 +441,3 @@ def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if mask.shape[:2] == tuple(size):
         return mask
     return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-
-
-def _box_mask(box: list[float], h: int, w: int) -> np.ndarray:
-    m = np.zeros((h, w), dtype=bool)
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    m[max(y0, 0):y1, max(x0, 0):x1] = True
-    return m

@@ -71,51 +71,80 @@ def build_dense_transform(img_size: int, train: bool, hflip: float = 0.5, scale:
             ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
                                      hue=min(0.5, color_jitter / 4), p=0.8))
     ops.append(A.Normalize(mean=tuple(mean), std=tuple(std)))
-    return A.Compose(
-        ops,
-        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["box_idx"], min_visibility=0.2, clip=True),
-        additional_targets={"semantic": "mask", "valid": "mask"},
-        seed=pipeline_seed(),
-    )
+    # No BboxParams: boxes are the tight boxes of the transformed masks (``apply_dense_transform``), so
+    # albumentations' per-op box bookkeeping (half the time of this pipeline at 64 px) would be thrown away.
+    return A.Compose(ops, additional_targets={"semantic": "mask", "valid": "mask"}, seed=pipeline_seed(),
+                     save_applied_params=True)
+
+
+MIN_VISIBILITY = 0.2  # an instance keeping less of its (scaled) area in the output is dropped
+
+
+def _area_scale(out: dict, in_shape: tuple[int, int]) -> float:
+    """How much the pipeline's geometry scaled areas: the product of each applied transform's area factor
+    (|det| of an affine matrix, scale^2 of a resize), read from ``save_applied_params``; without them the
+    letterbox's (longest side ratio)^2."""
+    applied = out.get("applied_transforms")
+    if applied is None:
+        return (max(out["image"].shape[:2]) / max(in_shape)) ** 2
+    factor = 1.0
+    for _, params in applied:
+        if "matrix" in params:
+            factor *= abs(float(np.linalg.det(np.asarray(params["matrix"], dtype=np.float64)[:2, :2])))
+        elif isinstance(params.get("scale"), float):
+            factor *= params["scale"] ** 2
+    return factor
 
 
 def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None,
                           semantic: np.ndarray | None, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Run ``transform`` and keep boxes and masks aligned.
+    """Run ``transform`` on the image, the instance masks and the semantic mask, and derive the boxes.
 
     ``valid`` (H, W), 1 = a real pixel (default: all): pixels outside it (e.g. the empty parts of a
     mosaic) become IGNORE_INDEX in the semantic target, as the letterbox and affine borders do.
 
-    Boxes come back as the tight boxes of the transformed masks (when masks exist), so a
-    rotation does not inflate them; instances pushed out of the image are dropped.
+    Boxes come back as the tight boxes of the transformed masks, so a rotation does not inflate them
+    (``masks`` None: the boxes are rasterised as masks first). An instance that keeps less than
+    MIN_VISIBILITY of its area, scaled by the pipeline's geometry (``_area_scale``), is dropped.
     Returns image (H, W, 3) float32, boxes (N, 4), keep (N,) indices into the input, masks
     (N, H, W) bool or None, semantic (H, W) int64 or None.
     """
     h, w = image.shape[:2]
-    kwargs: dict = {"image": image, "bboxes": boxes.reshape(-1, 4), "box_idx": np.arange(len(boxes))}
-    if masks is not None and len(masks):
+    given_masks = masks is not None
+    if masks is None:
+        masks = np.stack([box_mask(b, h, w) for b in np.asarray(boxes).reshape(-1, 4)]) if len(boxes) else \
+            np.zeros((0, h, w), dtype=bool)
+    kwargs: dict = {"image": image}
+    if len(masks):
         kwargs["masks"] = list(masks.astype(np.uint8))
     # "valid" marks real pixels, so letterbox and affine borders become IGNORE_INDEX in the semantic target.
     kwargs["valid"] = np.ones((h, w), dtype=np.uint8) if valid is None else valid.astype(np.uint8, copy=False)
     if semantic is not None:
         kwargs["semantic"] = semantic
     out = transform(**kwargs)
-    keep = np.asarray(out["box_idx"], dtype=np.int64)
-    res_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-    res_masks = None
-    if masks is not None:
-        size = out["image"].shape[:2]
-        all_masks = np.stack(out["masks"]).astype(bool) if len(masks) else np.zeros((0, *size), dtype=bool)
-        res_masks = all_masks[keep] if len(keep) else np.zeros((0, *size), dtype=bool)
-        tight, ok = masks_to_boxes_np(res_masks)
-        res_boxes = np.where(ok[:, None], tight, res_boxes) if len(keep) else res_boxes
-        good = ok & ((res_boxes[:, 2] - res_boxes[:, 0]) >= 1) & ((res_boxes[:, 3] - res_boxes[:, 1]) >= 1)
-        keep, res_boxes, res_masks = keep[good], res_boxes[good], res_masks[good]
+    size = out["image"].shape[:2]
+    res_masks = np.stack(out["masks"]).astype(bool) if len(masks) else np.zeros((0, *size), dtype=bool)
+    res_boxes, ok = masks_to_boxes_np(res_masks)
+    if len(masks):
+        before = masks.reshape(len(masks), -1).sum(1) * _area_scale(out, (h, w))
+        after = res_masks.reshape(len(res_masks), -1).sum(1)
+        ok &= after >= MIN_VISIBILITY * before
+    ok &= ((res_boxes[:, 2] - res_boxes[:, 0]) >= 1) & ((res_boxes[:, 3] - res_boxes[:, 1]) >= 1)
+    keep = np.flatnonzero(ok).astype(np.int64)
     res_sem = None
     if semantic is not None:
         res_sem = out["semantic"].astype(np.int64)
         res_sem[out["valid"] == 0] = IGNORE_INDEX
-    return {"image": out["image"], "boxes": res_boxes, "keep": keep, "masks": res_masks, "semantic": res_sem}
+    return {"image": out["image"], "boxes": res_boxes[keep], "keep": keep,
+            "masks": res_masks[keep] if given_masks else None, "semantic": res_sem}
+
+
+def box_mask(box: np.ndarray, h: int, w: int) -> np.ndarray:
+    """An xyxy box as an (h, w) bool mask (pixels whose centre lies inside it, as rounding the edges gives)."""
+    m = np.zeros((h, w), dtype=bool)
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    m[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+    return m
 
 
 def masks_to_boxes_np(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -104,13 +104,16 @@ def check_aligned(sample, colours, exact: bool, need: float = 0.8, margin: int =
         assert len(ys), "an empty instance mask"
         np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])  # the mask's tight box
         assert (box >= 0).all() and box[2] <= w and box[3] <= h  # nothing outside the canvas
-        # the mask's pixels carry one instance's colour, and that instance's category is the label
-        colour = min(by_colour, key=lambda c: np.abs(np.median(rgb[m], 0) - c).max())
-        assert _close(rgb[m], colour).mean() >= need
+        # the mask's pixels carry one instance's colour, and that instance's category is the label; the colour is
+        # read from the interior where there is one (a sliver left at a border is all resampled, blended edge)
         inner = cv2.erode(m.astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8), borderValue=0).astype(bool)
+        colour = min(by_colour, key=lambda c: np.abs(np.median(rgb[inner if inner.any() else m], 0) - c).max())
+        assert _close(rgb[m], colour).mean() >= need
         if inner.any():
             assert _close(rgb[inner], colour).mean() >= 0.98
-        assert by_colour[colour] == label
+            assert by_colour[colour] == label
+        elif exact:
+            assert by_colour[colour] == label
         assert (sem[m] == label + 1).mean() >= sem_need  # the semantic mask agrees with the instance mask
     # the semantic mask agrees with the pixels: each object colour is its category, background 0,
     # the grey of empty canvas and letterbox IGNORE_INDEX

@@ -32,11 +32,9 @@ def test_boxes_follow_masks_under_augmentation():
 
 def test_instances_leaving_the_image_are_dropped():
     image, boxes, masks, sem = _square_scene()
-    t = build_dense_transform(64, train=False)
     # shift everything 40 px to the left: the left square leaves the image, the right one stays
     shift = A.Compose([A.Affine(translate_px={"x": (-40, -40), "y": (0, 0)}, p=1.0), A.Normalize()],
-                      bbox_params=t.processors["bboxes"].params,
-                      additional_targets={"semantic": "mask", "valid": "mask"})
+                      additional_targets={"semantic": "mask", "valid": "mask"}, save_applied_params=True)
     out = apply_dense_transform(shift, image, boxes, masks, sem)
     assert out["keep"].tolist() == [1]
     np.testing.assert_array_equal(out["boxes"][0], [10, 40, 24, 60])
