@@ -73,10 +73,10 @@ def build_dense_transform(img_size: int, train: bool, hflip: float = 0.5, scale:
     ops.append(A.Normalize(mean=tuple(mean), std=tuple(std)))
     # No BboxParams: boxes are the tight boxes of the transformed masks (``apply_dense_transform``), so
     # albumentations' per-op box bookkeeping (half the time of this pipeline at 64 px) would be thrown away.
-    return A.Compose(ops, additional_targets={"semantic": "mask", "valid": "mask"}, seed=pipeline_seed(),
-                     save_applied_params=True)
+    return A.Compose(ops, additional_targets=DENSE_TARGETS, seed=pipeline_seed(), save_applied_params=True)
 
 
+DENSE_TARGETS = {"semantic": "mask", "valid": "mask"}  # masks besides the instances' (``masks``)
 MIN_VISIBILITY = 0.2  # an instance keeping less of its (scaled) area in the output is dropped
 
 
@@ -116,18 +116,18 @@ def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.nda
             np.zeros((0, h, w), dtype=bool)
     kwargs: dict = {"image": image}
     if len(masks):
-        kwargs["masks"] = list(masks.astype(np.uint8))
+        kwargs["masks"] = list(masks.view(np.uint8))
     # "valid" marks real pixels, so letterbox and affine borders become IGNORE_INDEX in the semantic target.
     kwargs["valid"] = np.ones((h, w), dtype=np.uint8) if valid is None else valid.astype(np.uint8, copy=False)
     if semantic is not None:
         kwargs["semantic"] = semantic
     out = transform(**kwargs)
     size = out["image"].shape[:2]
-    res_masks = np.stack(out["masks"]).astype(bool) if len(masks) else np.zeros((0, *size), dtype=bool)
+    res_masks = np.stack(out["masks"]).view(bool) if len(masks) else np.zeros((0, *size), dtype=bool)
     res_boxes, ok = masks_to_boxes_np(res_masks)
     if len(masks):
-        before = masks.reshape(len(masks), -1).sum(1) * _area_scale(out, (h, w))
-        after = res_masks.reshape(len(res_masks), -1).sum(1)
+        before = np.array([np.count_nonzero(m) for m in masks]) * _area_scale(out, (h, w))  # per mask: ~7x faster
+        after = np.array([np.count_nonzero(m) for m in res_masks])  # than count_nonzero with an axis
         ok &= after >= MIN_VISIBILITY * before
     ok &= ((res_boxes[:, 2] - res_boxes[:, 0]) >= 1) & ((res_boxes[:, 3] - res_boxes[:, 1]) >= 1)
     keep = np.flatnonzero(ok).astype(np.int64)

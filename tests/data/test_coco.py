@@ -135,3 +135,29 @@ def test_large_images_are_decoded_at_the_letterbox_size(tmp_path):
     assert (s["image"][0, 8:24, 16:48] > s["image"][0, 0:8, 0:8].mean()).all()  # image and mask still aligned
     with_png = CocoDataset(tmp_path / "img", ann, build_dense_transform(64, train=False), semantic_dir=tmp_path / "sem")
     assert (with_png._load_raw(1)[4] == semantic.clip(max=1)).mean() > 0.95
+
+
+def test_jpegs_are_decoded_reduced_towards_the_letterbox_and_stay_aligned(tmp_path):
+    """A 256x192 JPEG trained at 64 px is decoded at 1/4 (DCT scaling): image and mask agree."""
+    from PIL import Image
+
+    from fourm21.data.images import read_image
+
+    (tmp_path / "img").mkdir()
+    image = np.full((192, 256, 3), 40, np.uint8)
+    image[48:144, 64:160] = (220, 30, 30)  # a red square, its polygon below
+    Image.fromarray(image).save(tmp_path / "img" / "a.jpg", quality=95)
+    assert read_image(tmp_path / "img" / "a.jpg", min_size=(48, 64)).shape == (48, 64, 3)  # 1/4
+    assert read_image(tmp_path / "img" / "a.jpg", min_size=(50, 70)).shape == (96, 128, 3)  # 1/2: 1/4 is too small
+    assert read_image(tmp_path / "img" / "a.jpg").shape == (192, 256, 3)
+    poly = [64, 48, 160, 48, 160, 144, 64, 144]
+    ann = {"images": [{"id": 1, "file_name": "a.jpg", "height": 192, "width": 256}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [64, 48, 96, 96], "area": 9216.0,
+                            "iscrowd": 0, "segmentation": [poly]}],
+           "categories": [{"id": 1, "name": "square"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    s = CocoDataset(tmp_path / "img", tmp_path / "ann.json", build_dense_transform(64, train=False))[0]
+    np.testing.assert_allclose(s["boxes"][0].numpy(), [16, 12, 40, 36])  # the polygon scaled by 1/4
+    red = s["image"][0] > s["image"][1] + 1.0  # normalised red channel well above green
+    mask = s["masks"][0].bool()
+    assert (red[mask].float().mean() > 0.97) and (red[~mask & (s["semantic"] != 255)].float().mean() < 0.03)

