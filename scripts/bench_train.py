@@ -107,6 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", type=int, default=0, metavar="K",
                    help="after timing, profile one step per model and print its K costliest ops (self time)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-only", action="store_true", help="time the data pipelines only (no training step)")
     p.add_argument("--smoke", action="store_true",
                    help="64 px, batch 2, 1 iteration, no warm-up, synthetic data unless --data is given")
     args = p.parse_args(argv)
@@ -255,6 +256,7 @@ class Bench:
     info: dict[str, Any] = field(default_factory=dict)
     results: dict[str, list[Record]] = field(default_factory=dict)
     memory: dict[str, Record] = field(default_factory=dict)  # the CPU memory pass, when there is one
+    data: list[Measure] = field(default_factory=list)  # the data-pipeline measures alone (``--data-only``)
 
 
 def to_device(batch: dict[str, Any], device: torch.device, image_key: str, channels_last: bool) -> dict[str, Any]:
@@ -479,7 +481,7 @@ def fourm21_bench(name: str, args: argparse.Namespace, root: Path, device: torch
             "backbone": cfg.model.backbone.name, "det_strides": list(det.strides),
             "sem_strides": list(cfg.model.heads.sem.strides), "num_classes": int(det.num_classes),
             "cls_labels": "synthetic"}
-    return Bench(name, [data, step, forward, phases, heads, advance], step, info)
+    return Bench(name, [data, step, forward, phases, heads, advance], step, info, data=[data])
 
 
 # ---------------------------------------------------------------------------------------------- ultralytics
@@ -598,7 +600,8 @@ def yolo_bench(args: argparse.Namespace, root: Path, tmp: Path, device: torch.de
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
             "num_classes": data["nc"], "mosaic": hyp.mosaic, "ram_buffer_images": dataset.max_buffer_length,
             "optimizer": "AdamW(lr=1e-3, wd=5e-4)"}
-    return Bench("yolov8n-seg", [data_part(False), data_part(True), step, forward, phases, advance], step, info)
+    data_parts = [data_part(False), data_part(True)]
+    return Bench("yolov8n-seg", [*data_parts, step, forward, phases, advance], step, info, data=data_parts)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -699,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
                 benches.append(yolo_bench(args, root, tmp, device, meter))
         for b in benches:
             emit({"model": b.name, "info": b.info})
+            if args.data_only:
+                b.measures = b.data
         t0 = time.perf_counter()
         for it in range(args.warmup + args.iters):  # round-robin: every part of every model, then again
             for b in benches:

@@ -444,12 +444,13 @@ def mask_coverage(masks: torch.Tensor | np.ndarray, stride: int) -> torch.Tensor
     if isinstance(masks, torch.Tensor):
         padded = torch.nn.functional.pad(masks.float(), (0, gw * stride - w, 0, gh * stride - h))
         return padded.view(n, gh, stride, gw, stride).mean((2, 4))
-    padded = np.zeros((gh * stride, gw * stride, n), dtype=np.uint8)
-    padded[:h, :w] = masks.transpose(1, 2, 0).view(np.uint8) * np.uint8(255)
-    chunks = [cv2.resize(padded[..., i:i + 512], (gw, gh), interpolation=cv2.INTER_AREA).reshape(gh, gw, -1)
-              for i in range(0, n, 512)]  # OpenCV takes at most 512 channels
-    out = np.concatenate(chunks, -1) if chunks else np.zeros((gh, gw, 0), dtype=np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float().div_(255.0)
+    out = np.empty((n, gh, gw), dtype=np.uint8)
+    for i, m in enumerate(masks.view(np.uint8)):  # mask by mask: no (H, W, N) transpose to pay for
+        cell = m * np.uint8(255)
+        if (gh * stride, gw * stride) != (h, w):
+            cell = cv2.copyMakeBorder(cell, 0, gh * stride - h, 0, gw * stride - w, cv2.BORDER_CONSTANT, value=0)
+        out[i] = cv2.resize(cell, (gw, gh), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(out).float().div_(255.0)
 
 
 def _letterbox_size(transform: Any) -> int | None:

@@ -116,14 +116,14 @@ def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.nda
             np.zeros((0, h, w), dtype=bool)
     kwargs: dict = {"image": image}
     if len(masks):
-        kwargs["masks"] = list(masks.view(np.uint8))
+        kwargs["masks"] = np.ascontiguousarray(masks).view(np.uint8)  # (N, H, W): comes back stacked
     # "valid" marks real pixels, so letterbox and affine borders become IGNORE_INDEX in the semantic target.
     kwargs["valid"] = np.ones((h, w), dtype=np.uint8) if valid is None else valid.astype(np.uint8, copy=False)
     if semantic is not None:
         kwargs["semantic"] = semantic
     out = transform(**kwargs)
     size = out["image"].shape[:2]
-    res_masks = np.stack(out["masks"]).view(bool) if len(masks) else np.zeros((0, *size), dtype=bool)
+    res_masks = np.ascontiguousarray(out["masks"]).view(bool) if len(masks) else np.zeros((0, *size), dtype=bool)
     res_boxes, ok = masks_to_boxes_np(res_masks)
     if len(masks):
         before = np.array([np.count_nonzero(m) for m in masks]) * _area_scale(out, (h, w))  # per mask: ~7x faster

@@ -48,3 +48,13 @@ def test_smoke_run_of_both_fourm21_models_on_synthetic_data():
         assert all(s["total"] > 0 for s in summary[f"{model}_head_share"].values())
         assert set(summary[f"{model}_breakdown_share"]) == {"forward", "loss", "backward", "optimizer"}
     assert summary["data"] == "synthetic"
+
+
+def test_data_only_times_the_pipeline_alone():
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    res = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--data-only", "--models", "lite", "--data",
+                          "synthetic"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["part"] for r in lines if "part" in r] == ["data"]
+    assert lines[-1]["summary"]["lite_vs_yolo_data"] is None and "lite_breakdown_share" not in lines[-1]["summary"]
