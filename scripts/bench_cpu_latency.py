@@ -53,7 +53,7 @@ Job = tuple[dict, Callable[[], object]]  # (the record to print, the call to tim
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["lite"], help="configs/model/<name>.yaml to build (default: lite)")
+    p.add_argument("--models", nargs="+", default=["lite"], help="fourm21/configs/model/<name>.yaml (default: lite)")
     p.add_argument("--ckpt", default=None, help="time a trained .ckpt (its own config) instead of --models")
     p.add_argument("--sizes", nargs="+", type=int, default=[320, 640], help="square input sides")
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
@@ -120,7 +120,7 @@ def run_jobs(jobs: list[Job], runs: int, warmup: int) -> None:
 
 
 def model_config(name: str, size: int, args: argparse.Namespace) -> dict:
-    """``configs/model/<name>.yaml`` composed through the train config, resolved, at input side ``size``."""
+    """``fourm21/configs/model/<name>.yaml`` composed through the train config, resolved, at input side ``size``."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 

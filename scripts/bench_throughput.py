@@ -4,7 +4,7 @@ Prints one JSON line per measurement (model, mode, batch, image size, img/s, ms/
 memory, parameters, FLOPs, MFU), then one ``summary`` line with the ratios and the targets of
 issue 8. Every model is measured in the same run on the same device with random weights:
 
-  fourm21      configs/model/multitask.yaml with backbone convnext_tiny and all four heads (cls, det,
+  fourm21      fourm21/configs/model/multitask.yaml with backbone convnext_tiny and all four heads (cls, det,
                inst, sem), 80 object classes, 1000 image classes, with the experiment=coco head levels
                for 640-px inputs (det and sem at strides 8-32; ``--overrides`` changes any key).
                infer = forward + ``model.postprocess`` (decoding, NMS, mask assembly at input size);
@@ -81,7 +81,7 @@ BACKBONE = "convnext_tiny"
 NUM_CLASSES = 80            # COCO object classes (fourm21, YOLOv8m-seg)
 TV_NUM_CLASSES = 91         # torchvision's COCO detectors: 90 category ids + background
 PRE_NMS_TOPK = 1000
-# experiment=coco's head levels, which configs/model/multitask.yaml recommends for 640-px inputs
+# experiment=coco's head levels, which fourm21/configs/model/multitask.yaml recommends for 640-px inputs
 COCO_640_OVERRIDES = ["model.heads.det.strides=[8,16,32]", "model.heads.det.range_mult=8.0",
                       "model.heads.sem.strides=[8,16,32]"]
 # dense bf16 tensor-core TFLOP/s by GPU name (most specific first)

@@ -3,7 +3,7 @@
 Prints one JSON line per (model, part), then a ``summary`` line. Every model is timed in the same run,
 on one device, at one input size and batch, with random weights, on the same images:
 
-  lite, default  fourm21 ``configs/model/lite.yaml`` / ``multitask.yaml`` composed as fourm21-train does with
+  lite, default  fourm21 ``fourm21/configs/model/lite.yaml`` / ``multitask.yaml`` composed as fourm21-train does with
                  ``experiment=coco`` (its det/sem levels, 80 classes) plus the classification head
                  (``model.heads.cls.enabled=true data.num_image_classes=10``); COCO has no image-level
                  class, so the pre-collated batches get random ones (``cls_labels: synthetic``)
@@ -82,9 +82,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would a
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "coco-mini"
 MODELS = ("lite", "default", "yolov8n-seg")
-CONFIGS = {"lite": "lite", "default": "multitask"}  # fourm21 model name -> configs/model/<name>.yaml
+CONFIGS = {"lite": "lite", "default": "multitask"}  # fourm21 model name -> fourm21/configs/model/<name>.yaml
 NUM_IMAGE_CLASSES = 10
-CLIP_NORM = 10.0  # configs/trainer/cpu.yaml gradient_clip_val; ultralytics' optimizer_step max_norm
+CLIP_NORM = 10.0  # fourm21/configs/trainer/cpu.yaml gradient_clip_val; ultralytics' optimizer_step max_norm
 Record = dict[str, float]
 Measure = Callable[[], dict[str, Record]]  # one iteration of one measurement: {part: {key: value}}
 
@@ -129,7 +129,7 @@ def code_state() -> dict:
         res = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=30)
         return res.stdout if res.returncode == 0 else ""
 
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "fourm21", "configs").splitlines()]
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "fourm21").splitlines()]
     return {"commit": git("rev-parse", "--short", "HEAD").strip() or None, "changed_files": changed}
 
 

@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="threads per tool")
-    p.add_argument("--model", default="lite", help="fourm21 configs/model/<name>.yaml")
+    p.add_argument("--model", default="lite", help="fourm21 fourm21/configs/model/<name>.yaml")
     p.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     p.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     p.add_argument("--dry-run", action="store_true", help="print the commands as JSON and exit")

@@ -35,8 +35,8 @@ def shapes_root(tmp_path_factory) -> Path:
 
 
 def model_config(backbone: dict | None = None, **head_overrides) -> dict:
-    """The default model config (configs/model/multitask.yaml) with a tiny backbone and narrow neck."""
-    cfg = OmegaConf.load(REPO / "configs" / "model" / "multitask.yaml")
+    """The default model config (fourm21/configs/model/multitask.yaml) with a tiny backbone and narrow neck."""
+    cfg = OmegaConf.load(REPO / "fourm21" / "configs" / "model" / "multitask.yaml")
     cfg.pop("defaults")
     cfg.backbone = dict(backbone or TINY_CONVNEXT)
     cfg.neck.channels = 32

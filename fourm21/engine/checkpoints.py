@@ -16,7 +16,7 @@ import torch
 
 from fourm21.errors import CheckpointError
 
-# head -> the data key that sizes it (see configs/model/multitask.yaml)
+# head -> the data key that sizes it (see fourm21/configs/model/multitask.yaml)
 HEAD_DATA_KEYS = {"cls": "num_image_classes", "det": "num_classes", "sem": "num_classes", "mlc": "num_labels"}
 
 

@@ -15,7 +15,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from fourm21.errors import find_user_error, one_line
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")  # shipped inside the package (wheels too)
 
 
 def run_dir_of(cfg: DictConfig) -> Path:

@@ -112,7 +112,7 @@ def resolve_method(method: str, backbone: TimmBackbone | dict) -> str:
 
 
 def backbone_config(cfg: DictConfig) -> dict:
-    """``backbone`` as a dict; ``backbone=vit_tiny`` names a file of configs/model/backbone/."""
+    """``backbone`` as a dict; ``backbone=vit_tiny`` names a file of fourm21/configs/model/backbone/."""
     if isinstance(cfg.backbone, str):
         path = Path(CONFIG_DIR) / "model" / "backbone" / f"{cfg.backbone}.yaml"
         if not path.is_file():

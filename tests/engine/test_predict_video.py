@@ -102,7 +102,7 @@ def test_video_errors_name_the_source(tiny_run, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no images or videos"):
         list_media(tmp_path / "empty")
-    cfg = OmegaConf.load(REPO / "configs" / "predict.yaml")
+    cfg = OmegaConf.load(REPO / "fourm21" / "configs" / "predict.yaml")
     for key, value, message in (("video_fourcc", "h264x", "four characters"), ("max_frames", 0, "max_frames"),
                                 ("batch_size", 0, "batch_size")):
         with pytest.raises(ConfigError, match=message):

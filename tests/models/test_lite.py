@@ -17,7 +17,7 @@ HEADS = {"cls", "det", "inst", "sem"}
 
 
 def lite_config(*overrides: str) -> dict:
-    """configs/model/lite.yaml as ``fourm21-train model=lite`` composes it (shapes data: 3 objects, 4 scenes)."""
+    """fourm21/configs/model/lite.yaml as ``fourm21-train model=lite`` composes it (shapes: 3 objects, 4 scenes)."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["model=lite", *overrides])
     return OmegaConf.to_container(cfg.model, resolve=True)
