@@ -1,12 +1,19 @@
 """timm backbones as multi-scale feature extractors.
 
-Any timm model with ``features_only`` works. Plain ViTs have a single stride-16 (or patch-size)
-map; for them a ViTDet-style simple feature pyramid builds strides 4-32 from the last block.
+Any timm model with ``features_only`` works, chosen by what it reports, never by its name: a model
+whose features all share one stride (a plain ViT: stride 16 or the patch size) gets a ViTDet-style
+simple feature pyramid (strides 4-32) from its last block; features timm hands over channels-last
+(``output_fmt`` NHWC: Swin and other hierarchical transformers) are turned channels-first for the neck.
+The keywords fourm21 passes for the input size and stochastic depth (``img_size``, ``dynamic_img_size``,
+``drop_path_rate``) go only to models that take them; a model that still cannot be built or run as a
+feature extractor stops with a ConfigError naming it and why.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from pathlib import Path
 
 import timm
@@ -14,6 +21,8 @@ import torch
 from torch import nn
 
 from fourm21.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class SimplePyramid(nn.Module):
@@ -61,40 +70,60 @@ class TimmBackbone(nn.Module):
                  drop_path_rate: float = 0.0, **kwargs) -> None:
         super().__init__()
         self.name = name
-        self.is_vit = "vit" in name or "deit" in name
-        if self.is_vit and img_size is not None:
-            kwargs.setdefault("img_size", img_size)
-            kwargs.setdefault("dynamic_img_size", True)
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
-        elif self.is_vit:
-            kwargs["out_indices"] = (-1,)
-        try:
-            self.body = timm.create_model(name, pretrained=pretrained, features_only=True,
-                                          drop_path_rate=drop_path_rate, **kwargs)
-        except RuntimeError as e:
-            if "Unknown model" in str(e):
-                raise ConfigError(f"model.backbone.name: timm has no model '{name}'") from None
-            if not pretrained:
-                raise
-            raise CheckpointError(f"backbone '{name}': pretrained weights unavailable ({str(e).splitlines()[0]}); "
-                                  f"give a local file with model.backbone.checkpoint=PATH") from None
-        except OSError as e:  # no network, no cached hub file
-            if not pretrained:
-                raise
-            raise CheckpointError(f"backbone '{name}': cannot download pretrained weights "
-                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); give a local file with "
-                                  f"model.backbone.checkpoint=PATH") from None
+        optional: dict = {"drop_path_rate": drop_path_rate}
+        if img_size is not None:  # position embeddings / attention windows sized for the input, where a model has them
+            optional.update(img_size=img_size, dynamic_img_size=True)
+        self.body = self._create(pretrained, kwargs, optional)
+        fmt = getattr(self.body, "output_fmt", "NCHW")  # timm's Format enum, or absent (channels-first)
+        self.nhwc = getattr(fmt, "value", fmt) == "NHWC"
         channels = list(self.body.feature_info.channels())
         strides = list(self.body.feature_info.reduction())
         self.pyramid: SimplePyramid | None = None
-        if self.is_vit:
+        if len(set(strides)) == 1:  # one stride for every level: a plain ViT
             self.pyramid = SimplePyramid(channels[-1], strides[-1])
             channels, strides = self.pyramid.channels, self.pyramid.strides
+        self.is_vit = self.pyramid is not None
         self.channels: list[int] = channels
         self.strides: list[int] = strides
         if checkpoint:
             self.load_checkpoint(checkpoint)
+
+    def _create(self, pretrained: bool, kwargs: dict, optional: dict) -> nn.Module:
+        """``timm.create_model(features_only=True)``, leaving out the ``optional`` keywords the model rejects."""
+        name, optional = self.name, dict(optional)
+        while True:
+            try:
+                return timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs, **optional)
+            except AssertionError as e:  # a default out_indices beyond a shallow model (a 2-block ViT): its last one
+                if "out of range" not in str(e) or "out_indices" in kwargs:
+                    raise ConfigError(f"model.backbone.name: timm's '{name}' cannot be built as a feature "
+                                      f"extractor ({_first_line(e)})") from None
+                kwargs = {**kwargs, "out_indices": (-1,)}
+            except TypeError as e:
+                bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+                if bad and bad.group(1) in optional:
+                    dropped = optional.pop(bad.group(1))
+                    if bad.group(1) == "drop_path_rate" and dropped:
+                        log.warning("backbone '%s' has no stochastic depth: drop_path_rate=%s ignored", name, dropped)
+                    continue
+                raise ConfigError(f"model.backbone.name: timm's '{name}' cannot be built as a feature extractor "
+                                  f"({_first_line(e)})") from None
+            except RuntimeError as e:
+                if "Unknown model" in str(e):
+                    raise ConfigError(f"model.backbone.name: timm has no model '{name}'") from None
+                if "features_only" in str(e) or not pretrained:
+                    raise ConfigError(f"model.backbone.name: timm's '{name}' cannot be built as a feature "
+                                      f"extractor ({_first_line(e)})") from None
+                raise CheckpointError(f"backbone '{name}': pretrained weights unavailable ({_first_line(e)}); "
+                                      f"give a local file with model.backbone.checkpoint=PATH") from None
+            except OSError as e:  # no network, no cached hub file
+                if not pretrained:
+                    raise
+                raise CheckpointError(f"backbone '{name}': cannot download pretrained weights "
+                                      f"({type(e).__name__}: {_first_line(e)[:200]}); give a local file with "
+                                      f"model.backbone.checkpoint=PATH") from None
 
     def load_checkpoint(self, path: str) -> None:
         """Load backbone weights from a local file (timm naming, with or without a classifier)."""
@@ -114,6 +143,13 @@ class TimmBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> list of (B, C_i, H/s_i, W/s_i), finest first."""
         feats = self.body(x)
+        if self.nhwc:
+            feats = [f.permute(0, 3, 1, 2) for f in feats]
         if self.pyramid is not None:
             feats = self.pyramid(feats[-1])
         return list(feats)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

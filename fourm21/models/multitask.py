@@ -35,7 +35,8 @@ class MultiTaskNet(nn.Module):
         for name, head in self.heads.items():
             missing = [s for s in head.strides if s not in neck.strides] if head.source == "neck" else []
             if missing:
-                raise ConfigError(f"model.heads.{name}.strides: {missing} not among the neck's strides {neck.strides}")
+                raise ConfigError(f"model.heads.{name}.strides: {missing} not among the neck's strides {neck.strides} "
+                                  f"(backbone '{self.backbone.name}' gives {self.backbone.strides})")
             for req in head.requires:
                 if req not in self.heads:
                     raise ConfigError(f"model.heads.{name} needs head '{req}', which is disabled")
