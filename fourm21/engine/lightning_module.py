@@ -67,6 +67,14 @@ def update_average(ema: AveragedModel, net: torch.nn.Module) -> None:
             torch.set_num_threads(threads)
 
 
+def config_key(section: dict, key: str, name: str) -> Any:
+    """``section[key]``; a ConfigError naming ``name.key`` when the config leaves it out (no default in code:
+    the shipped YAML holds every default)."""
+    if key not in section:
+        raise ConfigError(f"{name}.{key} is missing from the config (the shipped fourm21/configs/ sets it)")
+    return section[key]
+
+
 class MultiTaskModule(L.LightningModule):
     """Trains every enabled head at once; logs ``stage/task/metric``.
 
@@ -100,15 +108,16 @@ class MultiTaskModule(L.LightningModule):
         self.optim_cfg = dict(optim)
         # semi-supervised pseudo-labels (fourm21.engine.pseudo_labels); the EMA teacher is saved with the run
         self.semi = dict(semi) if semi and semi.get("enabled") else None
-        if self.semi is not None and self.semi.get("teacher", "ema") not in ("ema", "student"):
+        if self.semi is not None and config_key(self.semi, "teacher", "semi") not in ("ema", "student"):
             raise ConfigError(f"semi.teacher: must be ema or student, got '{self.semi['teacher']}'")
-        self._teacher_is_ema = self.semi is not None and self.semi.get("teacher", "ema") == "ema"
+        self._teacher_is_ema = self.semi is not None and self.semi["teacher"] == "ema"
         # one average: evaluated, saved for inference and (semi) the teacher. Registered through _modules
         # (add_module refuses a name the class has a property for: ``ema``, ``teacher``)
         if ema and ema.get("enabled"):
             self._modules["ema"] = build_ema(self.model, float(ema["decay"]), float(ema["ramp_steps"]))
         elif self._teacher_is_ema:
             self._modules["teacher"] = build_ema(self.model, float(self.semi["ema_decay"]))
+        self._train_sums: dict[str, list] = {}  # loss part -> [sum over images, images] this training epoch
         self._averaged_at_step = 0  # global_step of the last EMA update (one update per optimiser step)
         self.evaluators: list[MultiTaskEvaluator] = []
         self.val_set_names: list[str] = []
@@ -155,11 +164,32 @@ class MultiTaskModule(L.LightningModule):
         total, logs = self.criterion(self.model.loss(outputs, batch))
         bs = batch["image"].shape[0]
         logs.pop("loss")
-        self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, batch_size=bs, on_step=stage == "train",
-                      on_epoch=True, prog_bar=False)
+        if stage != "train":
+            self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, batch_size=bs, on_epoch=True)
+        else:
+            # each head's loss parts: summed here for their epoch means (train/<part>_epoch, logged at the epoch's
+            # end) and logged per step only on the steps the logger writes (trainer.log_every_n_steps); a dozen
+            # self.log calls every step cost ~3 % of a small model's step. The total loss is logged every step.
+            for k, v in logs.items():
+                acc = self._train_sums.setdefault(k, [0.0, 0])
+                acc[0], acc[1] = acc[0] + v.detach() * bs, acc[1] + bs
+            if self._logs_this_step():
+                self.log_dict({f"{stage}/{k}_step": v for k, v in logs.items()}, batch_size=bs, on_step=True,
+                              on_epoch=False)
         self.log(f"{stage}/loss", total.detach(), batch_size=bs, prog_bar=True, on_step=stage == "train",
                  on_epoch=True)
         return total, outputs
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_sums:
+            self.log_dict({f"train/{k}_epoch": total / n for k, (total, n) in self._train_sums.items()},
+                          sync_dist=True)
+            self._train_sums = {}
+
+    def _logs_this_step(self) -> bool:
+        """Whether the logger writes this training step (Lightning's own rule), True outside a Trainer."""
+        connector = getattr(self._trainer, "_logger_connector", None) if self._trainer is not None else None
+        return True if connector is None else bool(connector.should_update_logs or self._trainer.fast_dev_run)
 
     def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
         if batch is None or ("sup" in batch and batch["sup"] is None):
@@ -167,8 +197,9 @@ class MultiTaskModule(L.LightningModule):
         if "sup" in batch and "unsup" in batch:  # semi-supervised: a labelled and an unlabelled batch
             total, _ = self._step(batch["sup"], "train")
             if (batch["unsup"] is not None and self.semi is not None
-                    and self.global_step >= int(self.semi.get("start_step", 0))):
-                total = total + float(self.semi.get("weight", 1.0)) * self._pseudo_label_step(batch["unsup"])
+                    and self.global_step >= int(config_key(self.semi, "start_step", "semi"))):
+                weight = float(config_key(self.semi, "weight", "semi"))
+                total = total + weight * self._pseudo_label_step(batch["unsup"])
             return total
         total, _ = self._step(batch, "train")
         return total
@@ -182,8 +213,8 @@ class MultiTaskModule(L.LightningModule):
             outputs = teacher(batch["image"])
             preds = teacher.postprocess(outputs, tuple(batch["image"].shape[-2:]))
         teacher.train(was_training)
-        batch = pseudo_targets(outputs, preds, batch, self.semi.get("thresholds", {}))
-        batch["image"] = photometric_jitter(batch["image"], float(self.semi.get("jitter", 0.4)))
+        batch = pseudo_targets(outputs, preds, batch, config_key(self.semi, "thresholds", "semi"))
+        batch["image"] = photometric_jitter(batch["image"], float(config_key(self.semi, "jitter", "semi")))
         total, logs = self.criterion(self.model.loss(self.model(batch["image"]), batch))
         logs.pop("loss")
         bs = batch["image"].shape[0]
@@ -320,12 +351,12 @@ class MultiTaskModule(L.LightningModule):
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim <= 1 or name.startswith("criterion.") else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.get("weight_decay", 0.05)},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.999))))
+        key = lambda name: config_key(cfg, name, "optim")  # noqa: E731 - the YAML is the one source of defaults
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": key("weight_decay")},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=key("lr"), betas=tuple(key("betas")))
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(int(cfg.get("warmup_steps", 0) or cfg.get("warmup_frac", 0.05) * total), total - 1)
-        min_ratio = cfg.get("min_lr_ratio", 0.01)
+        warmup = min(int(key("warmup_steps") or key("warmup_frac") * total), total - 1)
+        min_ratio = key("min_lr_ratio")
 
         def lr_lambda(step: int) -> float:
             if step < warmup:

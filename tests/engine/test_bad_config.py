@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from fourm21.engine import evaluate, train
 from fourm21.engine.common import CONFIG_DIR, friendly_errors
@@ -139,3 +141,25 @@ def test_console_script_exit_code_and_one_line(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"fourm21: CheckpointError: checkpoint {cut} is cut short")
     assert "Traceback" not in res.stderr
+
+
+def test_optimiser_settings_come_from_the_config_and_a_missing_one_is_named():
+    from fourm21.engine.lightning_module import MultiTaskModule
+    from tests.conftest import model_config
+
+    optim = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "optim" / "adamw.yaml"))
+    assert set(optim) >= {"lr", "weight_decay", "betas", "warmup_frac", "warmup_steps", "min_lr_ratio"}
+    optim.pop("weight_decay")
+    module = MultiTaskModule(model=model_config(), loss={"weights": {"cls": 1.0, "det": 1.0, "inst": 1.0,
+                                                                      "sem": 1.0}}, optim=optim)
+    with pytest.raises(ConfigError, match=r"^optim.weight_decay is missing"):
+        module.configure_optimizers()
+
+
+def test_callback_settings_out_of_range_are_config_errors():
+    from fourm21.engine.callbacks import LastSnapshot, NonFiniteGuard
+
+    with pytest.raises(ConfigError, match="callbacks.nonfinite.max_in_row"):
+        NonFiniteGuard(max_in_row=0)
+    with pytest.raises(ConfigError, match="callbacks.snapshot.every_n_train_steps"):
+        LastSnapshot("x", every_n_train_steps=0)

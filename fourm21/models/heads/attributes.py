@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fourm21.errors import ConfigError
 from fourm21.models.heads.base import Head
 from fourm21.models.heads.pooling import MultiScalePool
 
@@ -24,7 +25,7 @@ class AttributeHead(Head):
                  label_smoothing: float = 0.0) -> None:
         super().__init__()
         if not groups:
-            raise ValueError("AttributeHead needs at least one group")
+            raise ConfigError("model.heads.attr.groups: the attribute head needs at least one group")
         self.groups = {str(g): int(n) for g, n in groups.items()}
         self.label_smoothing = label_smoothing
         self.pool = MultiScalePool(in_channels, hidden)

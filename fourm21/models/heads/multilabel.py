@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fourm21.errors import ConfigError
 from fourm21.models.heads.base import Head
 from fourm21.models.heads.pooling import MultiScalePool
 
@@ -29,7 +30,7 @@ class MultiLabelHead(Head):
                  threshold: float = 0.5, tune: str = "per_class", text: dict | None = None) -> None:
         super().__init__()
         if tune not in ("per_class", "global", "none"):
-            raise ValueError(f"model.heads.mlc.tune must be per_class, global or none, got {tune}")
+            raise ConfigError(f"model.heads.mlc.tune must be per_class, global or none, got {tune}")
         self.tune = tune
         text = dict(text or {})
         self.num_classes = num_classes
@@ -37,7 +38,7 @@ class MultiLabelHead(Head):
         self.text_enabled = bool(text.get("enabled", True))
         self.fusion = text.get("fusion", "concat")
         if self.fusion not in ("concat", "attention"):
-            raise ValueError(f"model.heads.mlc.text.fusion must be concat or attention, got {self.fusion}")
+            raise ConfigError(f"model.heads.mlc.text.fusion must be concat or attention, got {self.fusion}")
         dim = int(text.get("dim", 128))
         buckets = int(text.get("num_buckets", 4096))
         width = self.pool.out_channels
