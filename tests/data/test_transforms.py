@@ -66,3 +66,32 @@ def test_masks_to_boxes_np_matches_torchvision():
     assert ok.tolist() == [True, True, True, False]
     ref = masks_to_boxes(torch.from_numpy(masks[:3])).numpy() + np.array([0, 0, 1, 1])
     assert np.array_equal(boxes[:3], ref) and np.array_equal(boxes[3], np.zeros(4))
+
+
+def test_train_pipeline_keeps_painted_objects_masks_boxes_and_semantic_aligned(tmp_path):
+    """Not circular: objects are painted in distinct colours into real images, so a flip or affine that moved the
+    image but not its masks (or the other way round) breaks the colour-under-mask and semantic checks."""
+    import torch
+
+    from fourm21.data.coco import CocoDataset
+    from tests.data.test_mosaic import check_aligned, paint_coco
+
+    img_dir, ann, colours = paint_coco(tmp_path)
+    torch.manual_seed(0)  # the pipeline's seed (pipeline_seed)
+    transform = build_dense_transform(64, train=True, hflip=0.5, scale=(0.8, 1.2), translate=0.1, rotate=10,
+                                      affine_p=1.0, color_jitter=0.0)
+    ds = CocoDataset(img_dir, ann, transform)
+    for _ in range(4):
+        for i in range(len(ds)):
+            check_aligned(ds[i], colours, exact=False, need=0.0, margin=2)
+    broken = 0  # the control: an image flipped without its targets fails the same check
+    for i in range(len(ds)):
+        s = ds[i]
+        s["image"] = s["image"].flip(-1)
+        try:
+            check_aligned(s, colours, exact=False, need=0.0, margin=2)
+        except AssertionError:
+            broken += 1
+    assert broken >= len(ds) - 1
+    plain = CocoDataset(img_dir, ann, build_dense_transform(64, train=False))
+    assert any(not torch.equal(ds[i]["image"], plain[i]["image"]) for i in range(len(ds)))  # it did augment
