@@ -21,12 +21,34 @@ def test_there_are_groups():
     assert {"data", "model", "loss", "optim", "trainer", "callbacks", "logger", "paths", "experiment"} <= set(GROUPS)
 
 
+def _resolved(name: str, overrides: list[str]) -> dict:
+    """Compose as the CLI does and resolve every interpolation (a broken one raises), Hydra's own node aside."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # for ${hydra:...}
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
 @pytest.mark.parametrize("group, option", [(g, o) for g in ("data", "loss", "optim", "trainer", "callbacks", "logger",
-                                                            "paths") for o in GROUPS[g]])
-def test_every_group_option_composes(group, option):
-    cfg = _compose(overrides=[f"{group}={option}"])
-    OmegaConf.to_container(cfg, resolve=False)
-    assert cfg[group] is not None
+                                                            "paths", "experiment") for o in GROUPS[g]])
+def test_every_group_option_composes_and_resolves(group, option):
+    cfg = _resolved("train", [f"{group}={option}"])
+    assert cfg[group if group != "experiment" else "data"] is not None
+
+
+@pytest.mark.parametrize("name", ["eval", "predict", "export", "fewshot", "pretrain"])
+def test_every_cli_config_resolves(name):
+    assert _resolved(name, [])
+
+
+def test_a_broken_interpolation_fails_the_resolve(tmp_path):
+    with pytest.raises(Exception, match="no_such_key"):
+        _resolved("train", ["+trainer.broken=${data.no_such_key}"])
 
 
 @pytest.mark.parametrize("backbone", sorted(f.stem for f in (Path(CONFIG_DIR) / "model" / "backbone").glob("*.yaml")))

@@ -104,3 +104,27 @@ def test_report_files(tmp_path):
     assert data == {"time/train_s": 3.0, "train/loss": 1.25, "val/det/map50": 0.5}
     md = (tmp_path / "report.md").read_text()
     assert "| val | det | map50 | 0.5000 |" in md
+
+
+def test_category_ids_are_written_back_as_the_data_sets_own(shapes_root, tmp_path):
+    """Ids 90, 5, 17 (not 1..N, not in name order): results carry the original ids and score 1 when perfect."""
+    remap = {1: 90, 2: 5, 3: 17}
+    data = json.loads((shapes_root / "annotations/instances_val.json").read_text())
+    for c in data["categories"]:
+        c["id"] = remap[c["id"]]
+    for a in data["annotations"]:
+        a["category_id"] = remap[a["category_id"]]
+    ann = tmp_path / "remapped.json"
+    ann.write_text(json.dumps(data))
+    ds = CocoDataset(shapes_root / "images", ann, build_dense_transform(64, train=False))
+    assert ds.cat_ids == [5, 17, 90]
+    ev = MultiTaskEvaluator(["det", "inst"], ds)
+    batch = collate_samples([ds[i] for i in range(len(ds))])
+    ev.update(_perfect_preds(batch, 3), batch)
+    m = ev.compute()
+    assert m["det/map50"] == pytest.approx(1.0) and m["inst/map50"] == pytest.approx(1.0)
+    bbox, _ = ev.write_predictions(tmp_path / "predictions")
+    written = json.loads(bbox.read_text())
+    truth = {(a["image_id"], a["category_id"]) for a in data["annotations"] if not a.get("iscrowd")}
+    assert {r["category_id"] for r in written} <= {5, 17, 90}
+    assert {(r["image_id"], r["category_id"]) for r in written} == truth
