@@ -93,6 +93,8 @@ def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any
     format. ``stage`` names the split in the keys (``val/...`` or ``test/...``).
     """
     t0 = time.time()
+    module.tune_thresholds = False  # multi-label thresholds: the checkpoint's, not re-tuned on the split scored
+    module.build_evaluators(datamodule.val_sets)
     results = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     merged: dict[str, float] = {}
     for r in results:
@@ -134,7 +136,6 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     check_data_matches(module.hparams.model, cfg.data, cfg.ckpt_path)
     datamodule = instantiate(cfg.data.datamodule)
     datamodule.setup("validate")
-    module.build_evaluators(datamodule.val_sets)
     trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(run_dir), enable_checkpointing=False)
     metrics = evaluate_module(trainer, module, datamodule, run_dir, extra=None, plots=cfg.plots,
                               stage=cfg.get("stage", "val"), title=f"fourm21 evaluation of {cfg.ckpt_path}")

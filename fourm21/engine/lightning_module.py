@@ -117,6 +117,9 @@ class MultiTaskModule(L.LightningModule):
             self._modules["ema"] = build_ema(self.model, float(ema["decay"]), float(ema["ramp_steps"]))
         elif self._teacher_is_ema:
             self._modules["teacher"] = build_ema(self.model, float(self.semi["ema_decay"]))
+        # multi-label thresholds are tuned on val while fitting only; a report (the end of training, fourm21-eval
+        # on any split) scores at the thresholds the checkpoint holds (evaluate_module turns this off)
+        self.tune_thresholds = True
         self._train_sums: dict[str, list] = {}  # loss part -> [sum over images, images] this training epoch
         self._averaged_at_step = 0  # global_step of the last EMA update (one update per optimiser step)
         self.evaluators: list[MultiTaskEvaluator] = []
@@ -290,7 +293,8 @@ class MultiTaskModule(L.LightningModule):
             mask_thr=heads["inst"].mask_thr if "inst" in heads else 0.5,
             attribute_groups=heads["attr"].groups if "attr" in heads else None,
             num_labels=heads["mlc"].num_classes if "mlc" in heads else 0,
-            threshold_tuning=heads["mlc"].tune if "mlc" in heads else "none") for ds in sets.values()]
+            threshold_tuning=heads["mlc"].tune if "mlc" in heads and self.tune_thresholds else "none")
+            for ds in sets.values()]
         self.val_set_names = list(sets)
         self.last_val_preds = {}
 
@@ -324,13 +328,17 @@ class MultiTaskModule(L.LightningModule):
         if not self.evaluators or self.trainer.sanity_checking:
             return
         metrics: dict[str, float] = {}
+        if not self.tune_thresholds and "mlc" in self.model.heads:  # scored at the checkpoint's own thresholds
+            for ev in self.evaluators:
+                if ev.mlc is not None:
+                    ev.mlc.thresholds = self.inference_net.heads["mlc"].thresholds.detach().cpu().clone()
         for ev in self.evaluators:
             metrics.update(ev.compute())
         self.last_metrics = dict(metrics)  # exact values: Lightning's logged copies are float32
         # thresholds tuned on val go into the head, hence the checkpoint and predict; into the trained network
         # and its EMA alike, so the average does not drift back to the old ones
         nets = [self.model] + ([self.inference_net] if self.inference_net is not self.model else [])
-        for ev in self.evaluators:
+        for ev in self.evaluators if self.tune_thresholds else []:
             if ev.mlc is not None and ev.mlc.probs and "mlc" in self.model.heads:
                 for net in nets:
                     net.heads["mlc"].thresholds.copy_(ev.mlc.thresholds.to(self.device))

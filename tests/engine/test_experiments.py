@@ -131,3 +131,13 @@ def test_multilabel_captions_experiment_stores_tuned_thresholds(tmp_path, shapes
     pred = model.predict([image], captions=["two shapes on a desert background"])[0]
     assert torch.equal(pred["label_set"], pred["label_probs"] > thresholds)  # predict uses the tuned thresholds
     assert model.label_names == ["1", "2", "3", "5", "6"]
+    # evaluating another split scores at the checkpoint's thresholds: nothing is tuned on the split reported
+    # (the train CSV stands in for a test split: other images, whose own best thresholds differ)
+    data_args = [a for a in _csv_args(shapes_root, "multilabel") if a.startswith("data.") and "val_csv" not in a]
+    res = _run("fourm21-eval", ["experiment=multilabel_captions", *data_args,
+                                f"data.val_csv={shapes_root / 'multilabel_train.csv'}",
+                                f"ckpt_path={tmp_path / 'run/checkpoints/best.ckpt'}", "stage=test", "plots=false",
+                                f"hydra.run.dir={tmp_path / 'eval'}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    scored = json.loads((tmp_path / "eval/report.json").read_text())
+    assert scored["test/mlc/threshold_mean"] == pytest.approx(float(thresholds.mean()), abs=1e-6)
