@@ -117,10 +117,15 @@ class Cifar10Dataset(Dataset):
 
     def __init__(self, root: str | Path, split: str = "train", transform: Any = None, download: bool = False,
                  limit: int | None = None, source: str = "cifar10", classes: list[str] | None = None,
-                 on_bad_image: str = "error") -> None:
+                 on_bad_image: str = "error", holdout: int = 0, take: str = "rest") -> None:
         """``classes`` keeps only those classes (by name), relabelled 0..len-1 in the given order:
         e.g. train on five CIFAR-10 classes and hold the other five out for few-shot tests.
-        ``on_bad_image``: see ``load_cifar10`` (images are decoded here, once)."""
+        ``on_bad_image``: see ``load_cifar10`` (images are decoded here, once).
+        ``holdout`` N > 0 sets N images of ``split`` aside (a seeded draw, the same for every run): ``take``
+        'rest' keeps the others (training), 'holdout' those N (validation, so that checkpoints and settings
+        are chosen without looking at the test split)."""
+        if take not in ("rest", "holdout"):
+            raise DatasetError(f"CIFAR-10 take must be 'rest' or 'holdout', got '{take}'")
         self.skip_log = SkipLog(source, f"{Path(root).resolve()}|{split}")
         self.images, self.labels, self.image_class_names = load_cifar10(root, split, download, on_bad_image,
                                                                         self.skip_log)
@@ -134,6 +139,14 @@ class Cifar10Dataset(Dataset):
             self.images = self.images[keep]
             self.labels = np.array([remap[int(v)] for v in self.labels[keep]], dtype=np.int64)
             self.image_class_names = list(classes)
+        if holdout:
+            if not 0 < int(holdout) < len(self.labels):
+                raise DatasetError(f"CIFAR-10 holdout must be between 0 and the {len(self.labels)} images of "
+                                   f"'{split}', got {holdout}")
+            held = np.zeros(len(self.labels), dtype=bool)
+            held[np.random.default_rng(12345).permutation(len(self.labels))[: int(holdout)]] = True
+            keep = held if take == "holdout" else ~held
+            self.images, self.labels = self.images[keep], self.labels[keep]
         if limit:
             # a seeded random subset, for quick runs and tests
             rng = np.random.default_rng(0)

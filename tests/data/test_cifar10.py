@@ -57,3 +57,19 @@ def test_missing_data_says_where_and_how(tmp_path):
         Cifar10Dataset(tmp_path / "nothing", "train")
     with pytest.raises(DatasetError, match="split"):
         Cifar10Dataset(tmp_path, "validation")
+
+
+def test_holdout_sets_train_images_aside_for_validation(tmp_path):
+    """val comes from train, never from test: checkpoints are chosen without the split that is reported."""
+    root = make_cifar_tree(tmp_path, per_class=3)
+    rest = Cifar10Dataset(root, "train", holdout=8, take="rest")
+    held = Cifar10Dataset(root, "train", holdout=8, take="holdout")
+    assert len(rest) == 22 and len(held) == 8
+    pixels = {tuple(im.reshape(-1, 3)[0]) for im in rest.images}
+    assert not pixels & {tuple(im.reshape(-1, 3)[0]) for im in held.images}  # disjoint (every image is unique)
+    again = Cifar10Dataset(root, "train", holdout=8, take="holdout")
+    np.testing.assert_array_equal(again.images, held.images)  # the same draw every run
+    with pytest.raises(DatasetError, match="holdout"):
+        Cifar10Dataset(root, "train", holdout=30)
+    with pytest.raises(DatasetError, match="take"):
+        Cifar10Dataset(root, "train", holdout=8, take="val")

@@ -36,7 +36,8 @@ def make_coco_layout(shapes_root: Path, dest: Path) -> Path:
 
 def test_cifar10_experiment(tmp_path):
     root = make_cifar_tree(tmp_path / "cifar", per_class=3)
-    res = _run("fourm21-train", ["experiment=cifar10", f"data.root={root}", "data.datamodule.batch_size=8",
+    res = _run("fourm21-train", ["experiment=cifar10", f"data.root={root}", "data.holdout=10",
+                                 "data.datamodule.batch_size=8",
                                  "trainer.max_epochs=1", *TINY_NET, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp_path / "run/report.json").read_text())
