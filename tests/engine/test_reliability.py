@@ -124,6 +124,7 @@ def test_sigkilled_run_resumes_from_last_checkpoint(tmp_path):
         time.sleep(0.2)
     assert killed_at is not None, "the run finished (or hung) before a mid-run checkpoint could be killed"
     assert killed_at < 24  # 3 epochs x 8 steps
+    snapshot = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
 
     res = run_cli("fourm21-train", [*args, f"hydra.run.dir={run_dir}", "ckpt_path=last"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -137,6 +138,9 @@ def test_sigkilled_run_resumes_from_last_checkpoint(tmp_path):
     b = torch.load(ref / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst < 1e-6, f"resumed weights differ from an uninterrupted run by {worst}"
+    # and the resumed run trained: two runs whose optimiser did nothing would agree as well
+    moved = max((a[k].float() - snapshot[k].float()).abs().max().item() for k in a if k.startswith("model."))
+    assert moved > 1e-3, f"the weights moved by only {moved} in the {24 - killed_at} resumed steps"
 
 
 def test_resume_without_a_checkpoint_names_the_directory(tmp_path):
