@@ -218,6 +218,16 @@ def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_p
     diff = max(float((a["state_dict"][k].float() - b["state_dict"][k].float()).abs().max()) for k in a["state_dict"])
     print(f"max |weight difference|, 1 process vs 2: {diff:.2e}")
     assert diff < 1e-5
+    # and both trained: the same run stopped after its first epoch (2 steps) holds other weights
+    half = run_cli("fourm21-train", [*common, "data.datamodule.batch_size=8", "trainer.max_epochs=1",
+                                     "trainer.check_val_every_n_epoch=1", f"hydra.run.dir={tmp_path / 'half'}"],
+                   tmp_path)
+    assert half.returncode == 0, half.stderr[-3000:]
+    c = torch.load(tmp_path / "half" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert c["global_step"] == 2
+    moved = max(float((a["state_dict"][k].float() - c["state_dict"][k].float()).abs().max())
+                for k in a["state_dict"] if k.startswith("model."))
+    assert moved > 1e-3, f"two more optimiser steps moved the weights by only {moved}"
     # 9 val images: 5 and 4 per process (no padding); the accuracy is the whole set's, as in one process
     assert _last_val(tmp_path / "two", "val/cls/acc") == pytest.approx(_last_val(tmp_path / "one", "val/cls/acc"))
     # the second process ran in the same Hydra run dir: one report, no second run folder
