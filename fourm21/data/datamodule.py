@@ -40,7 +40,7 @@ from fourm21.data.collate import collate_samples
 from fourm21.data.mixed import RatioBatchSampler
 from fourm21.data.multiscale import MultiScaleCollate
 from fourm21.data.samplers import ResumableSampler
-from fourm21.data.transforms import reseed_worker_transforms
+from fourm21.data.transforms import pipelines_in, reseed_worker_transforms, seed_pipeline
 
 
 def _as_dict(factories: Any) -> dict[str, Callable[[], Dataset]]:
@@ -76,6 +76,25 @@ class _CallsOnPass:
         if self.on_pass is not None:
             self.on_pass(self.epoch)
         yield from super().__iter__()
+
+
+class _SeededSamples(Dataset):
+    """A training set whose augmentation of sample ``i`` is a function of (seed, epoch, ``i``) alone.
+
+    Not of the worker, the batch order or what came before: a run resumed mid-epoch augments the rest of the
+    epoch as the killed run would have, and any number of workers gives the same batches."""
+
+    def __init__(self, dataset: Dataset, clock: EpochClock) -> None:
+        self.dataset, self.clock = dataset, clock
+        self._pipelines = pipelines_in(dataset)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        for k, pipeline in enumerate(self._pipelines):
+            seed_pipeline(pipeline, (self.clock.seed, self.clock.epoch, int(index), k))
+        return self.dataset[index]
 
 
 class _PassStartSampler(_CallsOnPass, ResumableSampler):
@@ -239,7 +258,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             sampler = _PassStartSampler(len(dataset), seed=self._seed(), shuffle=self.shuffle,
                                         consumed_fn=lambda: self._batches_done_this_epoch(num_batches) * batch_size,
                                         on_pass=self.start_pass)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+        return DataLoader(_SeededSamples(dataset, self.clock) if train else dataset, batch_size=batch_size,
+                          sampler=sampler, num_workers=self.num_workers,
                           worker_init_fn=reseed_worker_transforms,
                           collate_fn=self.train_collate if train else collate_samples, pin_memory=self.pin_memory,
                           drop_last=train,
@@ -275,7 +295,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         shards = self._distributed()
         sampler = RankBatchSampler(DistributedSampler(dataset, shuffle=False, **shards) if shards else
                                    range(len(dataset)), batches, on_pass=self.start_pass)
-        return DataLoader(dataset, batch_sampler=sampler, worker_init_fn=reseed_worker_transforms,
+        return DataLoader(_SeededSamples(dataset, self.clock), batch_sampler=sampler,
+                          worker_init_fn=reseed_worker_transforms,
                           num_workers=self.num_workers, collate_fn=self.train_collate, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 

@@ -6,6 +6,7 @@ bottom/right), so predictions map back to the original image by a single ``scale
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import albumentations as A
@@ -25,27 +26,57 @@ def pipeline_seed() -> int:
     return int(torch.initial_seed() % 2**32)
 
 
-def reseed_worker_transforms(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: each worker re-seeds the pipelines of its copy of the data set, so
-    workers neither repeat each other's augmentations nor differ between two runs with the same seed."""
-    from lightning.fabric.utilities.seed import pl_worker_init_function
-
-    pl_worker_init_function(worker_id)  # what Lightning does for workers without a worker_init_fn
-    info = torch.utils.data.get_worker_info()
-    if info is None:
-        return
-    stack, seen = [info.dataset], set()
+def pipelines_in(dataset: object) -> list[A.Compose]:
+    """The albumentations pipelines of a data set and of those it wraps (``ConcatDataset``, ``Subset``)."""
+    stack, seen, found = [dataset], set(), []
     while stack:
         obj = stack.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
         stack.extend(getattr(obj, "datasets", []))  # ConcatDataset
-        if hasattr(obj, "dataset"):  # Subset
+        if hasattr(obj, "dataset"):  # Subset, the data module's per-sample seeding
             stack.append(obj.dataset)
         transform = getattr(obj, "transform", None)
         if isinstance(transform, A.Compose):
-            transform.set_random_seed(pipeline_seed())
+            found.append(transform)
+    return found
+
+
+def _random_nodes(pipeline: A.Compose) -> list:
+    """The pipeline and every transform inside it that draws random numbers."""
+    nodes, stack = [], [pipeline]
+    while stack:
+        node = stack.pop()
+        if hasattr(node, "py_random"):
+            nodes.append(node)
+            stack.extend(getattr(node, "transforms", []))
+    return nodes
+
+
+def seed_pipeline(pipeline: A.Compose, key: Sequence[int]) -> None:
+    """Seed ``pipeline`` from ``key`` (e.g. seed, epoch, sample index), each transform from its own stream.
+
+    Albumentations' ``set_random_seed`` hands every transform the same seed, which would make two transforms
+    with the same ``p`` fire together on every sample; here each gets a different one (0.1 ms a sample)."""
+    nodes = _random_nodes(pipeline)
+    for node, seed in zip(nodes, np.random.SeedSequence([int(k) for k in key]).generate_state(len(nodes))):
+        node.random_generator = np.random.default_rng(int(seed))
+        node.py_random = random.Random(int(seed))
+
+
+def reseed_worker_transforms(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: each worker re-seeds the pipelines of its copy of the data set, so
+    workers neither repeat each other's augmentations nor differ between two runs with the same seed.
+    (Training sets are seeded sample by sample on top of this, see ``fourm21.data.datamodule``.)"""
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
+    pl_worker_init_function(worker_id)  # what Lightning does for workers without a worker_init_fn
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return
+    for k, transform in enumerate(pipelines_in(info.dataset)):
+        seed_pipeline(transform, (pipeline_seed(), k))
 
 
 def build_dense_transform(img_size: int, train: bool, hflip: float = 0.5, scale: Sequence[float] = (0.9, 1.1),

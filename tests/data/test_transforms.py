@@ -95,3 +95,24 @@ def test_train_pipeline_keeps_painted_objects_masks_boxes_and_semantic_aligned(t
     assert broken >= len(ds) - 1
     plain = CocoDataset(img_dir, ann, build_dense_transform(64, train=False))
     assert any(not torch.equal(ds[i]["image"], plain[i]["image"]) for i in range(len(ds)))  # it did augment
+
+
+def test_seeded_pipeline_draws_depend_on_the_key_only_and_transforms_draw_independently():
+    from fourm21.data.transforms import seed_pipeline
+
+    image, boxes, masks, sem = _square_scene()
+    t = build_dense_transform(64, train=True, hflip=0.5, affine_p=0.5, color_jitter=0.0)
+
+    def run(key):
+        seed_pipeline(t, key)
+        out = t(image=image)
+        return out["image"].round(4).tolist(), [name for name, _ in out["applied_transforms"]]
+
+    a = run((7, 2, 5))
+    run((7, 2, 6))  # another sample in between: the draws of (7, 2, 5) do not depend on what came before
+    assert run((7, 2, 5)) == a
+    draws = [run((7, 3, i))[1] for i in range(60)]
+    flips = np.array(["HorizontalFlip" in d for d in draws])
+    affines = np.array(["Affine" in d for d in draws])
+    assert 10 < flips.sum() < 50 and 10 < affines.sum() < 50
+    assert (flips != affines).sum() >= 10  # albumentations' own set_random_seed would make them fire together

@@ -107,7 +107,7 @@ def test_sigkilled_run_resumes_from_last_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "data.generate.num_train=32", "data.datamodule.batch_size=4", "trainer.max_epochs=3",
             "callbacks.snapshot.every_n_train_steps=3", "trainer.check_val_every_n_epoch=3", "plots=false",
-            "data.aug.hflip=0", "data.aug.affine_p=0", "data.aug.color_jitter=0", "trainer.deterministic=true",
+            "trainer.deterministic=true", "data.aug.mosaic=0.5", "data.aug.close_mosaic=1",  # augmentation on
             f"paths.data_dir={tmp_path / 'data'}"]
     last = run_dir / "checkpoints" / "last.ckpt"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
