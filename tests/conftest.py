@@ -71,3 +71,27 @@ def tiny_run(tmp_path_factory):
                                     "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1"], tmp)
     assert res.returncode == 0, res.stderr[-3000:]
     return tmp, run_dir, res
+
+
+def val_losses(run_dir: Path) -> list[float]:
+    """The sum of the heads' ``val/<head>/loss`` after each validated training epoch of a run (in epoch order),
+    from its logs/metrics.csv; the final evaluation, logged there too, is left out."""
+    import csv
+    import re
+
+    rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
+    trained_epochs = {r["epoch"] for r in rows if r.get("train/loss_epoch")}
+    by_epoch = {}
+    for r in rows:
+        heads = [float(v) for k, v in r.items() if v and re.fullmatch(r"val/[^/]+/loss", k)]
+        if heads and r["epoch"] in trained_epochs:
+            by_epoch[int(r["epoch"])] = sum(heads)
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def assert_trained(run_dir: Path, factor: float = 0.95) -> None:
+    """The run learned something: the same val images cost less after its last validated epoch than after
+    its first. A run whose optimiser did nothing scores them identically (eval mode, no augmentation)."""
+    losses = val_losses(run_dir)
+    assert len(losses) >= 2, f"{run_dir}: validated {len(losses)} training epoch(s), need two to compare"
+    assert losses[-1] < factor * losses[0], f"{run_dir}: val loss {losses[0]:.4f} -> {losses[-1]:.4f}"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import TINY  # noqa: E402
+from tests.conftest import TINY, assert_trained
 from tests.conftest import run_cli as _run
 
 
@@ -24,6 +24,7 @@ def test_train_writes_the_run_directory(trained_run):
         assert key in report, key
         assert 0 <= report[key] < float("inf")
     assert "val/sem/miou" in res.stdout
+    assert_trained(run_dir)  # the values are a trained model's (the learning floors are in test_learning.py)
 
 
 def test_eval_reproduces_the_training_report(trained_run):

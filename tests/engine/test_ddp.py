@@ -234,7 +234,6 @@ def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_p
     assert (tmp_path / "two" / "report.json").is_file() and not (tmp_path / "runs").exists()
 
 
-@pytest.mark.slow
 def test_eval_under_ddp_reports_the_metrics_of_one_process(tiny_run, tmp_path):
     """fourm21-eval trainer=ddp_cpu: every head's metrics (COCO AP included) equal those of one process."""
     work, run_dir, _ = tiny_run

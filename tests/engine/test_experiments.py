@@ -9,7 +9,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from fourm21.metrics.coco import STAT_NAMES
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, assert_trained
 from tests.conftest import run_cli as _run
 from tests.data.test_cifar10 import make_cifar_tree
 
@@ -37,11 +37,13 @@ def make_coco_layout(shapes_root: Path, dest: Path) -> Path:
 def test_cifar10_experiment(tmp_path):
     root = make_cifar_tree(tmp_path / "cifar", per_class=3)
     res = _run("fourm21-train", ["experiment=cifar10", f"data.root={root}", "data.holdout=10",
-                                 "data.datamodule.batch_size=8",
-                                 "trainer.max_epochs=1", *TINY_NET, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+                                 "data.datamodule.batch_size=8", "trainer.max_epochs=2",
+                                 "trainer.check_val_every_n_epoch=1", *TINY_NET, f"hydra.run.dir={tmp_path / 'run'}"],
+               tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp_path / "run/report.json").read_text())
     assert {"val/cls/acc", "val/cls/precision_macro", "val/cls/recall_macro", "val/cls/f1_macro"} <= set(report)
+    assert_trained(tmp_path / "run")
     assert not any(k.startswith("val/det") for k in report)
     md = (tmp_path / "run/report.md").read_text()
     assert "Per-class classification" in md and "| airplane |" in md
@@ -54,13 +56,14 @@ def test_mixed_experiment_trains_every_head_from_two_data_sets(tmp_path, shapes_
     res = _run("fourm21-train", ["experiment=mixed", f"data.root={coco}", f"data.cifar10_root={cifar}",
                                  "data.num_classes=3", "data.img_size=64", "data.datamodule.batch_size.coco=8",
                                  "data.datamodule.batch_size.cifar10=8", "data.batches_per_epoch=6",
-                                 "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", *TINY_NET,
+                                 "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", *TINY_NET,
                                  f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp_path / "run/report.json").read_text())
     # classification is scored on CIFAR-10, boxes/masks/semantic on the COCO-format set
     for key in ("val/cls/acc", "val/det/map", "val/inst/map", "val/sem/miou", "train/loss"):
         assert key in report, key
+    assert_trained(tmp_path / "run", factor=0.98)  # 6 mixed batches an epoch: -4.7 % measured
     rows = (tmp_path / "run/logs/metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert "train/cls/loss_epoch" in header and "train/det/loss_epoch" in header
@@ -101,7 +104,7 @@ def test_coco_experiment_and_eval_on_coco_mini(tmp_path):
 def _csv_args(shapes_root, kind):
     return [f"data.csv={shapes_root / f'{kind}_train.csv'}", f"data.val_csv={shapes_root / f'{kind}_val.csv'}",
             f"data.image_dir={shapes_root / 'images'}", "data.datamodule.prepare=null", "data.datamodule.batch_size=8",
-            "trainer.max_epochs=1", *TINY_NET]
+            "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", *TINY_NET]
 
 
 def test_attributes_experiment_heads_follow_the_groups_line(tmp_path, shapes_root):
@@ -113,6 +116,7 @@ def test_attributes_experiment_heads_follow_the_groups_line(tmp_path, shapes_roo
         assert f"val/attr.{g}/acc" in report and f"val/attr.{g}/f1_macro" in report
     assert "val/attr.main_shape/acc" not in report
     assert {"val/attr/acc_mean", "val/attr/f1_macro_mean"} <= set(report)
+    assert_trained(tmp_path / "run")
 
 
 def test_multilabel_captions_experiment_stores_tuned_thresholds(tmp_path, shapes_root):
@@ -125,6 +129,7 @@ def test_multilabel_captions_experiment_stores_tuned_thresholds(tmp_path, shapes
     report = json.loads((tmp_path / "run/report.json").read_text())
     for key in ("f1_micro", "f1_macro", "f1_samples", "map", "threshold_mean"):
         assert f"val/mlc/{key}" in report
+    assert_trained(tmp_path / "run")
     model = fourm21.load(tmp_path / "run/checkpoints/best.ckpt")
     thresholds = model.net.heads["mlc"].thresholds
     assert float(thresholds.mean()) == pytest.approx(report["val/mlc/threshold_mean"], abs=1e-6)

@@ -32,5 +32,6 @@ def test_fewshot_cli_on_held_out_classes(tiny_run, tmp_path):
     report = json.loads((out / "report.json").read_text())
     for k in (1, 2):
         acc, ci = report[f"test/fewshot.5way{k}shot/acc"], report[f"test/fewshot.5way{k}shot/ci95"]
-        assert 0 <= acc <= 1 and 0 <= ci < 0.5 and np.isfinite(ci)
+        # the tree's classes differ by colour: features that carry the image tell them apart (chance: 0.2)
+        assert acc >= 0.9 and 0 <= ci < 0.2 and np.isfinite(ci), (k, acc, ci)
     assert "5-way 1-shot" in res.stdout

@@ -30,14 +30,23 @@ def test_pretrain_writes_weights_that_a_multitask_run_loads(tmp_path, shapes_roo
     weights = out / "backbone.safetensors"
     report = json.loads((out / "report.json").read_text())
     assert report["pretrain/images"] == 24 and report["pretrain/loss"] > 0
-    loaded = TimmBackbone(**dict(TINY_CONVNEXT, checkpoint=str(weights)))
     state = load_file(str(weights))
+    torch.manual_seed(42)
+    fresh = TimmBackbone(**TINY_CONVNEXT).body.state_dict()
+    assert sum(not torch.allclose(v, state[k]) for k, v in fresh.items()) > len(state) // 2  # not a fresh init
+    loaded = TimmBackbone(**dict(TINY_CONVNEXT, checkpoint=str(weights)))
     for k, v in loaded.body.state_dict().items():
         torch.testing.assert_close(v, state[k])
-    res = run_cli("fourm21-train", [*TINY, f"model.backbone.checkpoint={weights}", "trainer.fast_dev_run=true",
+    # a multitask run started from them: after two steps at a negligible learning rate its checkpoint's
+    # backbone is still the pretrained one (a run that ignored the checkpoint would hold a fresh init)
+    res = run_cli("fourm21-train", [*TINY, f"model.backbone.checkpoint={weights}", "optim.lr=1e-12",
+                                    "trainer.max_epochs=1", "evaluate=false", "plots=false",
                                     f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
                   tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+    trained = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    for k, v in state.items():
+        torch.testing.assert_close(trained[f"model.backbone.body.{k}"], v, atol=1e-8, rtol=0)
 
 
 def test_block_mask_has_the_asked_ratio_in_whole_blocks():
