@@ -11,9 +11,9 @@ timed runs after ``--warmup`` untimed ones. Stages:
   inside, plus the mask upsampling ``fourm21.load`` does. ``graph_detections`` is how many the graph
   returned (it has no ``max_det``; random weights put about all ``pre_nms_topk`` candidates there).
 
-Backends: ``eager`` (``net(x)``, ``net.predict(x)``, with ``x`` in the layout ``Fourm21Model.predict``
+Backends: ``eager`` (``net(x)``, ``decode(net(x))``, with ``x`` in the layout ``Fourm21Model.predict``
 feeds: channels-last on a CPU); ``onnx``, the graphs ``fourm21-export`` writes,
-in ONNX Runtime (``end2end``: the raw-output graph + the heads' ``postprocess``, as ``fourm21.load``
+in ONNX Runtime (``end2end``: the raw-output graph + ``fourm21.inference.decode``, as ``fourm21.load``
 runs a default ONNX export); ``int8``, the same graphs after ONNX Runtime dynamic quantisation.
 When ``ultralytics`` is importable, YOLOv8n-seg built from its yaml (random weights, conv+BN fused as
 its predictor runs it) is timed in the same run as a reference; otherwise a line says it was skipped.
@@ -136,14 +136,14 @@ def model_config(name: str, size: int, args: argparse.Namespace) -> dict:
 def build(name: str | None, size: int, args: argparse.Namespace):
     """(Fourm21Model, label): random weights (seed 0) from a model config, or a trained checkpoint."""
     import fourm21
-    from fourm21.api import Fourm21Model
+    from fourm21.inference.model import Fourm21Model
     from fourm21.models.multitask import build_model
 
     if args.ckpt:
         return fourm21.load(args.ckpt), Path(args.ckpt).name
     torch.manual_seed(0)
     cfg = model_config(name, size, args)
-    return Fourm21Model(build_model(cfg), cfg, {"img_size": size}), name
+    return Fourm21Model.from_net(build_model(cfg), cfg, {"img_size": size}), name
 
 
 def ort_session(path: Path, threads: int, spinning: bool = False):
@@ -183,6 +183,8 @@ def with_max_det(net, max_det: int, fn: Callable[[], list[dict]]) -> Callable[[]
 
 
 def jobs_ours(name: str | None, size: int, args: argparse.Namespace, workdir: Path) -> list[Job]:
+    from fourm21.inference.decode import DecodeSettings, decode
+
     model, label = build(name, size, args)
     net = model.net.eval()
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -194,7 +196,7 @@ def jobs_ours(name: str | None, size: int, args: argparse.Namespace, workdir: Pa
         layout = {"channels_last": xin.is_contiguous(memory_format=torch.channels_last)}
         jobs.append(({**base, "backend": "eager", "stage": "forward", **layout}, lambda: net(xin)))
         jobs += end2end_jobs(net, {**base, "backend": "eager", "stage": "end2end", **layout},
-                             lambda: net.predict(xin), args)
+                             lambda: decode(net(xin), (size, size), DecodeSettings.from_net(net)), args)
     onnx_backends = [b for b in args.backends if b != "eager"]
     if not onnx_backends:
         return jobs
@@ -228,11 +230,11 @@ def end2end_jobs(net, base: dict, predict: Callable[[], list[dict]], args: argpa
 
 def onnx_jobs(net, names: list[str], graphs: tuple[Path, Path], x: torch.Tensor, base: dict,
               args: argparse.Namespace) -> list[Job]:
-    """The raw-output graph (forward; + the heads' postprocess = end2end) and the ``end2end=true`` graph."""
+    """The raw-output graph (forward; + ``decode`` = end2end) and the ``end2end=true`` graph."""
     import onnxruntime as ort
 
-    from fourm21.api import _end2end_predictions
-    from fourm21.export.raw_outputs import restore_outputs
+    from fourm21.inference.decode import DecodeSettings, decode, split_images
+    from fourm21.inference.raw_outputs import restore_outputs
 
     raw_graph, e2e_graph = graphs
     size = tuple(x.shape[-2:])
@@ -245,14 +247,14 @@ def onnx_jobs(net, names: list[str], graphs: tuple[Path, Path], x: torch.Tensor,
 
     def end2end() -> list[dict]:
         arrays = [torch.from_numpy(a) for a in sess.run(names, feed)]
-        return net.postprocess(restore_outputs(net, names, arrays, size), size)
+        return decode(restore_outputs(names, arrays), size, DecodeSettings.from_net(net))
 
     sess_g = ort_session(e2e_graph, args.threads, args.ort_spinning)
     names_g = [o.name for o in sess_g.get_outputs()]
 
     def end2end_graph() -> list[dict]:
         arrays = dict(zip(names_g, (torch.from_numpy(a) for a in sess_g.run(names_g, feed))))
-        return _end2end_predictions(net, arrays, x.shape[0], size)
+        return split_images(arrays, x.shape[0], size, DecodeSettings.from_net(net))
 
     raw_mb, graph_mb = round(raw_graph.stat().st_size / 2**20, 2), round(e2e_graph.stat().st_size / 2**20, 2)
     jobs: list[Job] = [({**base, "stage": "forward", "max_abs_diff": round(diff, 6), "size_mb": raw_mb},

@@ -7,7 +7,7 @@ issue 8. Every model is measured in the same run on the same device with random 
   fourm21      fourm21/configs/model/multitask.yaml with backbone convnext_tiny and all four heads (cls, det,
                inst, sem), 80 object classes, 1000 image classes, with the experiment=coco head levels
                for 640-px inputs (det and sem at strides 8-32; ``--overrides`` changes any key).
-               infer = forward + ``model.postprocess`` (decoding, NMS, mask assembly at input size);
+               infer = forward + ``fourm21.inference.decode`` (decoding, NMS, mask assembly at input size);
                train = forward + every head loss through ``model.loss`` and ``MultiTaskLoss`` (as the
                LightningModule does) + backward + AdamW step
   backbone     bare ``timm.create_model("convnext_tiny", features_only=True)``: the ceiling of a
@@ -263,6 +263,7 @@ def build_fourm21(args: argparse.Namespace) -> Subject:
 
     from fourm21.data.collate import collate_samples
     from fourm21.engine.common import CONFIG_DIR
+    from fourm21.inference.decode import DecodeSettings, decode
     from fourm21.losses.multitask import MultiTaskLoss
     from fourm21.models.multitask import build_model
 
@@ -276,10 +277,11 @@ def build_fourm21(args: argparse.Namespace) -> Subject:
     net = build_model(model_cfg)
     criterion = MultiTaskLoss(**OmegaConf.to_container(cfg.loss, resolve=True)).to(args.device)
     heads = ",".join(net.heads)
+    settings = DecodeSettings.from_net(net)
 
     def infer(fwd: nn.Module, batch: dict) -> int:
         images = batch["image"]
-        preds = net.postprocess(fwd(images), tuple(images.shape[-2:]))
+        preds = decode(fwd(images), tuple(images.shape[-2:]), settings)
         return sum(len(p["boxes"]) for p in preds)
 
     def train_loss(fwd: nn.Module, batch: dict) -> torch.Tensor:

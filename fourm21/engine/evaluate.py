@@ -12,14 +12,13 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fourm21.api import set_sem_label_stride
 from fourm21.data.coco import DROPPED
 from fourm21.data.images import skipped_images
-from fourm21.engine.checkpoints import architecture, check_data_matches, load_state, read_checkpoint
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, setup_runtime
 from fourm21.engine.lightning_module import MultiTaskModule
 from fourm21.engine.validate_config import check_config
 from fourm21.errors import CheckpointError
+from fourm21.inference.checkpoints import architecture, check_data_matches, load_state, read_checkpoint
 from fourm21.metrics.plots import plot_confusion_matrix, plot_loss_curves, plot_pr_curves, plot_prediction_grid
 from fourm21.metrics.report import per_class_markdown, write_report
 
@@ -132,7 +131,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     run_dir = run_dir_of(cfg)
     module = load_module(cfg.ckpt_path)
     if cfg.get("sem_label_stride") is not None and "sem" in module.model.heads:
-        set_sem_label_stride(module.inference_net, cfg.sem_label_stride)
+        module.inference_net.heads["sem"].label_stride = int(cfg.sem_label_stride)  # what decoding reads
     check_data_matches(module.hparams.model, cfg.data, cfg.ckpt_path)
     datamodule = instantiate(cfg.data.datamodule)
     datamodule.setup("validate")

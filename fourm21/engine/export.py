@@ -15,11 +15,11 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from fourm21.api import load
 from fourm21.data.images import list_images
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of
 from fourm21.errors import ConfigError
 from fourm21.export import formats
+from fourm21.inference.loading import load
 
 
 def verification_batch(model, cfg: DictConfig, img_size: int) -> torch.Tensor:
@@ -49,7 +49,7 @@ def run_export(cfg: DictConfig) -> dict:
         out = formats.export_safetensors(model, export_dir)
         report.update(formats.verify_safetensors(model, export_dir, images))
     elif cfg.format == "onnx":
-        formats.write_model_card(model, export_dir, img_size)
+        formats.write_model_card(model, export_dir, img_size, formats.output_names(model.net, img_size))
         out = export_dir / "model.onnx"
         if cfg.end2end:
             report.update(formats.export_onnx_end2end(model, out, img_size, int(cfg.opset)))
@@ -59,7 +59,7 @@ def run_export(cfg: DictConfig) -> dict:
             report.update(formats.verify_onnx(model, out, images))
             report["nms_in_graph"] = False
     else:
-        formats.write_model_card(model, export_dir, img_size)
+        formats.write_model_card(model, export_dir, img_size, formats.output_names(model.net, img_size))
         out = export_dir / "model.pt2"
         report.update(formats.export_torch(model, out, img_size))
         report.update(formats.verify_torch(model, out, images))

@@ -21,10 +21,10 @@ from rich.progress import track
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from fourm21.api import load
 from fourm21.data.collate import collate_samples
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, setup_runtime
 from fourm21.errors import ConfigError
+from fourm21.inference.loading import load
 from fourm21.metrics.report import write_report
 
 

@@ -5,18 +5,22 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from fourm21.engine.checkpoints import inference_prefix
 from fourm21.engine.pseudo_labels import photometric_jitter, pseudo_targets
 from fourm21.errors import ConfigError
+from fourm21.inference.checkpoints import inference_prefix
+from fourm21.inference.decode import DecodeSettings, decode
+from fourm21.inference.letterbox import to_original_pixels
 from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.metrics.evaluator import MultiTaskEvaluator, selection_score
 from fourm21.models.multitask import MultiTaskNet, build_model
@@ -85,7 +89,7 @@ class MultiTaskModule(L.LightningModule):
     AveragedModel``, parameters and buffers, updated after every optimiser step) is registered as the
     submodule ``ema``. Validation (hence ``val/score`` and best.ckpt), the final report and ``forward`` in
     eval mode run it (``inference_net``), and every checkpoint reader takes its weights
-    (``fourm21.engine.checkpoints.inference_prefix`` is the one place that decides). The checkpoint holds
+    (``fourm21.inference.checkpoints.inference_prefix`` is the one place that decides). The checkpoint holds
     both: ``model.*`` (what training continues from) and ``ema.*`` (the average and its update count), so a
     resume continues both exactly. With ``semi.teacher=ema`` that same average is the mean teacher; without
     ``ema.enabled`` the teacher is its own average under ``teacher.*``, as before.
@@ -214,7 +218,7 @@ class MultiTaskModule(L.LightningModule):
         teacher.eval()
         with torch.no_grad():
             outputs = teacher(batch["image"])
-            preds = teacher.postprocess(outputs, tuple(batch["image"].shape[-2:]))
+            preds = decode(outputs, tuple(batch["image"].shape[-2:]), DecodeSettings.from_net(teacher))
         teacher.train(was_training)
         batch = pseudo_targets(outputs, preds, batch, config_key(self.semi, "thresholds", "semi"))
         batch["image"] = photometric_jitter(batch["image"], float(config_key(self.semi, "jitter", "semi")))
@@ -290,7 +294,8 @@ class MultiTaskModule(L.LightningModule):
             list(heads), ds,
             num_image_classes=heads["cls"].num_classes if "cls" in heads else 0,
             num_sem_classes=heads["sem"].num_classes if "sem" in heads else 0,
-            mask_thr=heads["inst"].mask_thr if "inst" in heads else 0.5,
+            to_original=partial(to_original_pixels, mask_thr=heads["inst"].mask_thr) if "inst" in heads else
+            to_original_pixels,
             attribute_groups=heads["attr"].groups if "attr" in heads else None,
             num_labels=heads["mlc"].num_classes if "mlc" in heads else 0,
             threshold_tuning=heads["mlc"].tune if "mlc" in heads and self.tune_thresholds else "none")
@@ -317,7 +322,7 @@ class MultiTaskModule(L.LightningModule):
             logs["loss"] = total.detach()  # a total over different task sets would mix unlike things
         self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=batch["image"].shape[0], on_epoch=True,
                       add_dataloader_idx=False, sync_dist=True)  # DDP: the mean over every process's images
-        preds = net.postprocess(outputs, tuple(batch["image"].shape[-2:]))
+        preds = decode(outputs, tuple(batch["image"].shape[-2:]), DecodeSettings.from_net(net))
         if dataloader_idx < len(self.evaluators):
             self.evaluators[dataloader_idx].update(preds, batch)
         if batch_idx == 0:
@@ -352,7 +357,8 @@ class MultiTaskModule(L.LightningModule):
         self.validation_step(batch, batch_idx, dataloader_idx)
 
     def configure_optimizers(self) -> dict:
-        """AdamW without weight decay on norms, biases and loss weights; linear warm-up then cosine, per step."""
+        """``optim.optimizer`` over two parameter groups (no weight decay on norms, biases and loss weights) and
+        ``optim.scheduler`` stepped per optimiser step; both built from their ``_target_``."""
         cfg = self.optim_cfg
         decay, no_decay = [], []
         for name, p in self.named_parameters():
@@ -360,17 +366,7 @@ class MultiTaskModule(L.LightningModule):
                 continue
             (no_decay if p.ndim <= 1 or name.startswith("criterion.") else decay).append(p)
         key = lambda name: config_key(cfg, name, "optim")  # noqa: E731 - the YAML is the one source of defaults
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": key("weight_decay")},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=key("lr"), betas=tuple(key("betas")))
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(int(key("warmup_steps") or key("warmup_frac") * total), total - 1)
-        min_ratio = key("min_lr_ratio")
-
-        def lr_lambda(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / max(warmup, 1)
-            t = (step - warmup) / max(total - warmup, 1)
-            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        opt = instantiate(key("optimizer"))([{"params": decay, "weight_decay": key("weight_decay")},
+                                             {"params": no_decay, "weight_decay": 0.0}])
+        sched = instantiate(key("scheduler"))(opt, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

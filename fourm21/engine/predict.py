@@ -19,11 +19,12 @@ from omegaconf import DictConfig
 from pycocotools import mask as mask_utils
 from rich.progress import Progress, TextColumn
 
-from fourm21.api import Fourm21Model, FramePrediction, load
 from fourm21.data.images import SkipLog, check_policy, read_image_or_skip
 from fourm21.data.video import list_media
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of
 from fourm21.errors import ConfigError
+from fourm21.inference.loading import load
+from fourm21.inference.model import Fourm21Model, FramePrediction
 from fourm21.metrics.draw import draw_frame
 from fourm21.metrics.plots import save_overlay
 

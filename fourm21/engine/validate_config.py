@@ -53,7 +53,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.get("model") is not None:
         _check_heads(cfg)
         if cfg.get("ckpt_path") and cfg.get("task_name", "train") == "train":  # resuming training
-            from fourm21.engine.checkpoints import check_resume
+            from fourm21.inference.checkpoints import check_resume
             to = lambda c: OmegaConf.to_container(c, resolve=True) if c is not None else None  # noqa: E731
             check_resume(cfg.ckpt_path, to(cfg.model), to(cfg.get("loss")))
 
@@ -146,6 +146,8 @@ def _check_heads(cfg: DictConfig) -> None:
                           f"use e.g. {max(max_stride, round(img_size / max_stride) * max_stride)}")
     data_name = cfg.data.get("name") if cfg.get("data") is not None else None
     for name, head in enabled.items():
+        if name == "cls" and head.get("num_classes") is None and cfg.data.get("num_image_classes", 0) is None:
+            continue  # data.num_image_classes: null is read from the training set's class folders
         if "num_classes" in head:
             _number(head.num_classes, f"model.heads.{name}.num_classes", integer=True)
             if head.num_classes < 1:

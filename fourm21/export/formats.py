@@ -12,20 +12,30 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from fourm21.api import Fourm21Model
 from fourm21.export.end2end import EndToEnd
-from fourm21.export.raw_outputs import RawOutputs, output_names, restore_outputs
+from fourm21.inference.decode import decode
+from fourm21.inference.loading import load
+from fourm21.inference.model import Fourm21Model
+from fourm21.inference.raw_outputs import RawOutputs, output_names, restore_outputs
 
 FORMATS = ("safetensors", "onnx", "torch_export")
 
 
-def write_model_card(model: Fourm21Model, out_dir: Path, img_size: int | None = None) -> None:
+def write_model_card(model: Fourm21Model, out_dir: Path, img_size: int | None = None,
+                     output_names: list[str] | None = None) -> None:
     """``config.yaml`` (model config + inference meta) and ``classes.json``: what every export directory
-    needs besides the network itself, so ``fourm21.load(out_dir)`` can decode its outputs."""
+    needs besides the network itself, so ``fourm21.load(out_dir)`` can decode its outputs without one:
+    the tuned multi-label thresholds, the semantic ``label_stride``, a graph's output names."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in model.meta.items() if k not in ("class_names", "image_class_names")}
     if img_size:
         meta["img_size"] = int(img_size)
+    if model.settings.mlc_thresholds is not None:
+        meta["mlc_thresholds"] = [float(t) for t in model.settings.mlc_thresholds]
+    if model.settings.sem_label_stride is not None:
+        meta["sem_label_stride"] = int(model.settings.sem_label_stride)
+    if output_names:
+        meta["output_names"] = list(output_names)
     (out_dir / "config.yaml").write_text(yaml.safe_dump({"model": model.model_config, "meta": meta}, sort_keys=False))
     (out_dir / "classes.json").write_text(json.dumps({"class_names": model.class_names,
                                                       "image_class_names": model.image_class_names}, indent=1))
@@ -70,7 +80,7 @@ def same_detections(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], bo
 
 
 def _kept_boxes(model: Fourm21Model, names: list[str], tensors: list[torch.Tensor], size: tuple[int, int]) -> list:
-    preds = model.net.postprocess(restore_outputs(model.net, names, tensors, size), size)
+    preds = decode(restore_outputs(names, tensors), size, model.settings)
     return [(p["boxes"], p["scores"], p["labels"]) for p in preds]
 
 
@@ -111,7 +121,7 @@ def export_onnx(model: Fourm21Model, path: Path, img_size: int, opset: int = 18,
 
 def export_onnx_end2end(model: Fourm21Model, path: Path, img_size: int, opset: int = 18) -> dict:
     """ONNX graph with decoding, NMS and mask assembly inside (``fourm21.export.end2end``)."""
-    wrapper = EndToEnd(model.net.cpu().eval()).eval()  # the exporter restores the wrapper's mode onto the net
+    wrapper = EndToEnd(model.net.cpu().eval(), model.settings).eval()  # the exporter restores the mode onto the net
     example = torch.zeros(2, 3, img_size, img_size)
     axes = {"images": {0: "batch"}, "cls_probs": {0: "batch"}, "sem_labels": {0: "batch"},
             **{n: {0: "detections"} for n in wrapper.names if n.startswith("det_")}}
@@ -133,7 +143,7 @@ def verify_onnx_end2end(model: Fourm21Model, path: Path, images: torch.Tensor) -
     names = [o.name for o in session.get_outputs()]
     got = dict(zip(names, (torch.from_numpy(np.asarray(a)) for a in session.run(names, {"images": images.numpy()}))))
     with torch.no_grad():
-        ref = model.net.cpu().eval().predict(images)
+        ref = decode(model.net.cpu().eval()(images), tuple(images.shape[-2:]), model.settings)
     same, diff = True, 0.0
     for i, p in enumerate(ref):
         sel = got["det_batch_index"] == i
@@ -184,8 +194,6 @@ def verify_torch(model: Fourm21Model, path: Path, images: torch.Tensor) -> dict:
 
 
 def verify_safetensors(model: Fourm21Model, directory: Path, images: torch.Tensor) -> dict:
-    from fourm21.api import load
-
     names = output_names(model.net, images.shape[-1])
     again = load(directory)
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """Box and instance-mask AP with pycocotools' COCOeval, in the original image coordinates.
 
-Predictions are mapped back from the letterboxed network input (one ``scale`` per image),
-category ids back to the data set's own ids, masks encoded as RLE.
+Predictions come in the original image's pixels (the evaluator's caller un-letterboxes them),
+category ids are mapped back to the data set's own ids, masks encoded as RLE.
 """
 
 from __future__ import annotations
@@ -15,16 +15,12 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from fourm21.data.geometry import unletterbox
 
-
-def predictions_to_coco(pred: dict[str, torch.Tensor], meta: dict, cat_ids: list[int],
-                        mask_thr: float = 0.5) -> list[dict]:
-    """One image's decoded predictions -> COCO results entries (bbox, score, and segmentation if masks)."""
+def predictions_to_coco(pred: dict[str, torch.Tensor], image_id: int, cat_ids: list[int]) -> list[dict]:
+    """One image's decoded predictions (original pixels) -> COCO results entries (bbox, score, and
+    segmentation if masks)."""
     if "boxes" not in pred or len(pred["boxes"]) == 0:
         return []
-    pred = unletterbox({k: v for k, v in pred.items() if k != "semantic"}, meta["orig_size"],
-                       float(meta.get("scale", 1.0)), mask_thr)
     boxes = pred["boxes"].cpu().numpy()
     scores = pred["scores"].float().cpu().numpy()
     labels = pred["labels"].cpu().numpy()
@@ -35,7 +31,7 @@ def predictions_to_coco(pred: dict[str, torch.Tensor], meta: dict, cat_ids: list
     results = []
     for i in range(len(scores)):
         x0, y0, x1, y1 = boxes[i].tolist()
-        entry = {"image_id": meta["image_id"], "category_id": cat_ids[int(labels[i])],
+        entry = {"image_id": image_id, "category_id": cat_ids[int(labels[i])],
                  "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(scores[i])}
         if rles is not None:
             rle = rles[i]

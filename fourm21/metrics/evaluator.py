@@ -8,6 +8,7 @@ process returns the same numbers as a single-process run would.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +54,20 @@ class MultiTaskEvaluator:
 
     ``dataset`` is the evaluation data set: its ``coco`` ground truth (if any) is used by COCOeval,
     its ``cat_ids`` map contiguous labels back to the data set's category ids. Only tasks whose
-    targets the data set carries produce metrics.
+    targets the data set carries produce metrics. ``to_original(pred, meta)`` maps one image's
+    prediction on the network input to its original pixels for COCOeval (the engine passes
+    ``fourm21.inference.letterbox.unletterbox``; by default predictions already are in original pixels).
     """
 
     def __init__(self, tasks: list[str], dataset: Any, num_image_classes: int = 0, num_sem_classes: int = 0,
-                 mask_thr: float = 0.5, attribute_groups: dict[str, int] | None = None, num_labels: int = 0,
-                 threshold_tuning: str = "per_class") -> None:
+                 attribute_groups: dict[str, int] | None = None, num_labels: int = 0,
+                 threshold_tuning: str = "per_class",
+                 to_original: Callable[[dict[str, torch.Tensor], dict], dict[str, torch.Tensor]] | None = None
+                 ) -> None:
         self.tasks = list(tasks)
         self.coco_gt = getattr(dataset, "coco", None)
         self.cat_ids = list(getattr(dataset, "cat_ids", []))
-        self.mask_thr = mask_thr
+        self.to_original = to_original
         self.cls = ClassificationMetrics(num_image_classes) if "cls" in tasks and num_image_classes else None
         self.sem = SegmentationMetrics(num_sem_classes) if "sem" in tasks and num_sem_classes else None
         self.attr = AttributeMetrics(attribute_groups) if "attr" in tasks and attribute_groups else None
@@ -126,7 +131,9 @@ class MultiTaskEvaluator:
             has = batch["has_boxes"].cpu()
             for p, meta, h in zip(preds, batch["meta"], has):
                 if h and meta["image_id"] not in self.coco_results:  # an image seen twice is scored once
-                    self.coco_results[meta["image_id"]] = predictions_to_coco(p, meta, self.cat_ids, self.mask_thr)
+                    if self.to_original is not None and len(p.get("boxes", ())):
+                        p = self.to_original({k: v for k, v in p.items() if k != "semantic"}, meta)
+                    self.coco_results[meta["image_id"]] = predictions_to_coco(p, meta["image_id"], self.cat_ids)
 
     def gather(self) -> None:
         """Under DDP: every process's state joins every other's (a collective call: all processes, same order).

@@ -1,7 +1,7 @@
 """The one network: backbone -> neck -> (classification) -> fusion -> dense heads.
 
 Built from a plain config (``build_model``) so every part is swappable by a Hydra override.
-Holds no training code: losses are asked of the heads, decoding is the heads' ``postprocess``.
+Holds no training code: losses are asked of the heads, decoding is ``fourm21.inference.decode``.
 """
 
 from __future__ import annotations
@@ -87,21 +87,6 @@ class MultiTaskNet(nn.Module):
         for n in self.heads:
             visit(n)
         return order
-
-    @torch.no_grad()
-    def postprocess(self, outputs: dict, image_size: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
-        """Raw outputs -> one dict of predictions per image (the one decode path for metrics, predict, export)."""
-        batch = next(iter(next(iter(outputs.values())).values())).shape[0]
-        preds: list[dict[str, torch.Tensor]] = [{} for _ in range(batch)]
-        for name in self._loss_order():
-            self.heads[name].postprocess(outputs, preds, image_size)
-        return preds
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, caption_tokens: torch.Tensor | None = None
-                ) -> list[dict[str, torch.Tensor]]:
-        return self.postprocess(self(images, caption_tokens), tuple(images.shape[-2:]))
-
 
 def _first_neck_level(cfg: DictConfig, strides: list[int]) -> int:
     """Index of the finest backbone level an enabled neck head reads: finer levels need no FPN/PAN maps

@@ -147,8 +147,9 @@ def test_optimiser_settings_come_from_the_config_and_a_missing_one_is_named():
     from fourm21.engine.lightning_module import MultiTaskModule
     from tests.conftest import model_config
 
-    optim = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "optim" / "adamw.yaml"))
-    assert set(optim) >= {"lr", "weight_decay", "betas", "warmup_frac", "warmup_steps", "min_lr_ratio"}
+    optim = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "optim" / "adamw.yaml"), resolve=True)
+    assert set(optim) >= {"lr", "weight_decay", "betas", "warmup_frac", "warmup_steps", "min_lr_ratio",
+                          "optimizer", "scheduler"}
     optim.pop("weight_decay")
     module = MultiTaskModule(model=model_config(), loss={"weights": {"cls": 1.0, "det": 1.0, "inst": 1.0,
                                                                       "sem": 1.0}}, optim=optim)

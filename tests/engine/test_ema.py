@@ -16,10 +16,10 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import fourm21
-from fourm21.engine.checkpoints import load_checkpoint
 from fourm21.engine.evaluate import load_module
 from fourm21.engine.lightning_module import MultiTaskModule, build_ema, ema_multi_avg_fn
 from fourm21.errors import ConfigError
+from fourm21.inference.checkpoints import load_checkpoint
 from tests.conftest import TINY, model_config, run_cli
 
 LOSS = {"weighting": "fixed", "weights": {"cls": 1.0, "det": 1.0, "inst": 1.0, "sem": 1.0}}

@@ -22,7 +22,7 @@ def test_export_round_trip(tiny_run, tmp_path, fmt, artefact):
     assert (out / artefact).is_file()
     report = json.loads((out / "export_report.json").read_text())
     assert report["verify_batch"] == 4
-    assert report["max_abs_diff_all"] <= 1e-4
+    assert report["max_abs_diff_all"] <= 1e-3  # box_ltrb is in pixels (values ~10-100): float noise ~1e-4
     assert report["same_kept_boxes"] is True
     assert set(report["max_abs_diff"]) == {"cls.logits", "det.cls_logits", "det.box_ltrb", "det.centerness",
                                            "inst.proto", "inst.coefs", "sem.logits"}

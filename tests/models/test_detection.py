@@ -1,5 +1,6 @@
 import torch
 
+from fourm21.inference.decode import DecodeSettings, decode
 from fourm21.losses.detection import fcos_assign, level_ranges
 from fourm21.models.heads.detection import DetectionHead, make_points
 
@@ -22,9 +23,7 @@ def test_nms_removes_duplicates_and_keeps_classes_apart():
     head = DetectionHead(16, num_classes=2, strides=[8], score_thr=0.1, iou_thr=0.5)
     boxes = [[2, 2, 20, 20], [3, 3, 20, 21], [2, 2, 20, 20], [24, 24, 31, 31]]
     raw = _raw_with_boxes(head, boxes, scores=[0.9, 0.8, 0.7, 0.6], labels=[0, 0, 1, 0])
-    preds = [{}]
-    head.postprocess(raw, preds, (32, 32))
-    p = preds[0]
+    p = decode(raw, (32, 32), DecodeSettings.from_heads({"det": head}))[0]
     # the 0.8 box duplicates the 0.9 one (same class) and goes; the class-1 box on the same spot stays
     assert sorted(p["scores"].tolist(), reverse=True) == p["scores"].tolist()
     assert torch.allclose(p["scores"], torch.tensor([0.9, 0.7, 0.6]), atol=1e-4)
@@ -34,8 +33,7 @@ def test_nms_removes_duplicates_and_keeps_classes_apart():
 def test_score_threshold_and_max_det():
     head = DetectionHead(16, num_classes=1, strides=[8], score_thr=0.5, iou_thr=0.5, max_det=1)
     raw = _raw_with_boxes(head, [[0, 0, 8, 8], [16, 16, 30, 30], [0, 16, 8, 30]], [0.9, 0.8, 0.3], [0, 0, 0])
-    preds = [{}]
-    head.postprocess(raw, preds, (32, 32))
+    preds = decode(raw, (32, 32), DecodeSettings.from_heads({"det": head}))
     assert len(preds[0]["scores"]) == 1
     assert abs(preds[0]["scores"].item() - 0.9) < 1e-4
 

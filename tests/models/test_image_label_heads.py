@@ -1,6 +1,7 @@
 import torch
 
 from fourm21.data.collate import collate_samples
+from fourm21.inference.decode import DecodeSettings, decode
 from fourm21.models.multitask import build_model
 from tests.conftest import model_config
 
@@ -21,7 +22,7 @@ def test_attribute_heads_by_config_and_missing_values_are_ignored():
     losses["attr"]["colour"].backward()
     assert model.heads.attr.fc["size"].weight.grad is None
     assert model.heads.attr.fc["colour"].weight.grad.abs().sum() > 0
-    preds = model.postprocess(out, (64, 64))
+    preds = decode(out, (64, 64), DecodeSettings.from_net(model))
     assert preds[0]["attr.colour.probs"].shape == (3,) and preds[0]["attr.size.label"].ndim == 0
     # adding a group is one config entry
     more = build_model(model_config(**DENSE_OFF, **{"heads.attr.enabled": True,
@@ -45,5 +46,5 @@ def test_multilabel_head_with_and_without_caption_fusion():
     plain.eval()
     torch.testing.assert_close(plain(images, tokens)["mlc"]["logits"], plain(images)["mlc"]["logits"])
     assert "heads.mlc.thresholds" in plain.state_dict()  # tuned thresholds travel with the weights
-    preds = plain.postprocess(plain(images), (64, 64))
+    preds = decode(plain(images), (64, 64), DecodeSettings.from_net(plain))
     assert preds[0]["label_set"].dtype == torch.bool and preds[0]["label_probs"].shape == (5,)

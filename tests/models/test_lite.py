@@ -9,6 +9,7 @@ from fourm21.data.coco import CocoDataset
 from fourm21.data.collate import collate_samples
 from fourm21.data.transforms import build_dense_transform
 from fourm21.engine.common import CONFIG_DIR
+from fourm21.inference.decode import DecodeSettings, decode
 from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.metrics.evaluator import MultiTaskEvaluator
 from fourm21.models.multitask import build_model
@@ -61,7 +62,7 @@ def test_lite_output_shape_of_every_head():
     assert out["inst"]["coefs"].shape == (2, n_loc, 16)
     assert out["inst"]["proto"].shape == (2, 16, 16, 16)  # half the finest detection stride
     assert out["sem"]["logits"].shape == (2, 4, 8, 8)
-    preds = model.postprocess(out, (64, 64))
+    preds = decode(out, (64, 64), DecodeSettings.from_net(model))
     assert len(preds) == 2
     p = preds[0]
     n = len(p["boxes"])
@@ -94,7 +95,7 @@ def test_lite_overfits_a_handful_of_images(shapes_root):
     assert total.item() < 0.2 * first
     model.eval()
     ev = MultiTaskEvaluator(["cls", "det", "inst", "sem"], ds, num_image_classes=4, num_sem_classes=4)
-    ev.update(model.predict(batch["image"]), batch)
+    ev.update(decode(model(batch["image"]), tuple(batch["image"].shape[-2:]), DecodeSettings.from_net(model)), batch)
     m = ev.compute()
     assert m["cls/acc"] == 1.0
     assert m["det/map50"] >= 0.9, m

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from fourm21.errors import ConfigError
+from fourm21.inference.decode import DecodeSettings, decode
 from fourm21.models.multitask import build_model
 from tests.conftest import TINY_CONVNEXT, TINY_VIT, model_config
 
@@ -20,7 +21,7 @@ def test_every_head_output_shape(backbone):
     assert out["inst"]["coefs"].shape == (2, n_loc, 16)
     assert out["inst"]["proto"].shape == (2, 16, 32, 32)
     assert out["sem"]["logits"].shape == (2, 4, 16, 16)
-    preds = model.postprocess(out, (64, 64))
+    preds = decode(out, (64, 64), DecodeSettings.from_net(model))
     assert len(preds) == 2
     p = preds[0]
     n = len(p["boxes"])

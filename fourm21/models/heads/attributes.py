@@ -48,12 +48,3 @@ class AttributeHead(Head):
             if known.any():
                 parts[g] = F.cross_entropy(raw[g][known].float(), target[known], label_smoothing=self.label_smoothing)
         return parts
-
-    @torch.no_grad()
-    def postprocess(self, outputs: dict, preds: list[dict], image_size: tuple[int, int]) -> None:
-        """Adds ``attr.<group>.probs`` (K,) and ``attr.<group>.label`` () per image."""
-        for g, logits in outputs[self.name].items():
-            probs = logits.float().softmax(-1)
-            for i, p in enumerate(preds):
-                p[f"attr.{g}.probs"] = probs[i]
-                p[f"attr.{g}.label"] = probs[i].argmax()

@@ -14,7 +14,10 @@ class Head(nn.Module):
     ``name``      task key in the model output, losses and metrics (``cls``, ``det`` ...).
     ``source``    which features it reads: ``"backbone"`` (raw backbone levels) or ``"neck"``
                   (fused neck levels at the head's ``strides``).
-    ``requires``  heads whose raw output or loss cache this head's loss/postprocess uses.
+    ``requires``  heads whose raw output or loss cache this head's loss uses.
+
+    Decoding raw outputs into predictions is not a head's job: ``fourm21.inference.decode`` holds one
+    decoder per head ``name`` (the class attribute), shared by validation, predict, the API and export.
     """
 
     name: str = ""
@@ -32,9 +35,4 @@ class Head(nn.Module):
         ``outputs`` holds every head's raw output; ``cache`` passes shared work (e.g. the
         detection assignment) between heads within one step.
         """
-        raise NotImplementedError  # pragma: no cover - interface
-
-    def postprocess(self, outputs: dict[str, dict[str, torch.Tensor]], preds: list[dict[str, torch.Tensor]],
-                    image_size: tuple[int, int]) -> None:
-        """Decode raw outputs into per-image predictions, written into ``preds`` in place."""
         raise NotImplementedError  # pragma: no cover - interface

@@ -36,13 +36,3 @@ class ClassificationHead(Head):
             return {}
         logits = outputs[self.name]["logits"][has]
         return {"ce": softmax_ce_loss(logits, batch["label"][has], self.label_smoothing)}
-
-    def postprocess(self, outputs: dict, preds: list[dict], image_size: tuple[int, int]) -> None:
-        probs = outputs[self.name]["logits"].float().softmax(-1)
-        k = min(self.topk, self.num_classes)
-        top_p, top_i = probs.topk(k, dim=-1)
-        for i, p in enumerate(preds):
-            p["class_probs"] = probs[i]
-            p["class_label"] = top_i[i, 0]
-            p["class_topk"] = top_i[i]
-            p["class_topk_probs"] = top_p[i]

@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import batched_nms
 
-from fourm21.losses.detection import decode_ltrb, fcos_assign, fcos_loss, level_ranges
+from fourm21.losses.detection import fcos_assign, fcos_loss, level_ranges
 from fourm21.models.heads.base import Head
 from fourm21.models.neck import conv_norm_act
 
@@ -82,22 +81,3 @@ class DetectionHead(Head):
         cache["det_matched"] = matched
         return fcos_loss(raw["cls_logits"], raw["box_ltrb"], raw["centerness"], raw["points"], matched,
                          batch["gt_boxes"], batch["gt_labels"], valid, self.focal_alpha, self.focal_gamma)
-
-    @torch.no_grad()
-    def postprocess(self, outputs: dict, preds: list[dict], image_size: tuple[int, int]) -> None:
-        """Adds boxes (N, 4) xyxy, scores (N,), labels (N,), locations (N,) to each image's prediction."""
-        raw = outputs[self.name]
-        scores = (raw["cls_logits"].float().sigmoid() * raw["centerness"].float().sigmoid()[..., None]).sqrt()
-        h, w = image_size
-        for i, p in enumerate(preds):
-            flat = scores[i].flatten()
-            k = min(self.pre_nms_topk, flat.numel())
-            top_s, top_i = flat.topk(k)
-            keep = top_s > self.score_thr
-            top_s, top_i = top_s[keep], top_i[keep]
-            loc, lab = top_i // self.num_classes, top_i % self.num_classes
-            boxes = decode_ltrb(raw["points"][loc], raw["box_ltrb"][i, loc].float())
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            kept = batched_nms(boxes, top_s, lab, self.iou_thr)[: self.max_det]
-            p.update(boxes=boxes[kept], scores=top_s[kept], labels=lab[kept], locations=loc[kept])

@@ -13,7 +13,6 @@ from torch import nn
 
 from fourm21.losses.masks import prototype_mask_loss
 from fourm21.models.heads.base import Head
-from fourm21.models.mask_paste import paste_masks
 from fourm21.models.neck import conv_norm_act
 
 
@@ -48,14 +47,3 @@ class InstanceMaskHead(Head):
         return prototype_mask_loss(raw["proto"], raw["coefs"], cache["det_matched"], batch["gt_masks"],
                                    batch["gt_boxes"], valid, tuple(batch["image"].shape[-2:]), self.max_pos,
                                    self.dice_weight)
-
-    @torch.no_grad()
-    def postprocess(self, outputs: dict, preds: list[dict], image_size: tuple[int, int]) -> None:
-        """Adds masks (N, H, W) bool and mask_logits (N, Hp, Wp) at prototype resolution (not cropped;
-        ``paste_masks`` turns them into masks at any size) for each kept detection."""
-        raw = outputs[self.name]
-        for i, p in enumerate(preds):
-            loc = p["locations"]
-            logits = torch.einsum("nk,khw->nhw", raw["coefs"][i, loc].float(), raw["proto"][i].float())
-            p["mask_logits"] = logits
-            p["masks"] = paste_masks(logits, p["boxes"], image_size, threshold=self.mask_thr)

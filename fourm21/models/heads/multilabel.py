@@ -78,12 +78,3 @@ class MultiLabelHead(Head):
             return {}
         logits = outputs[self.name]["logits"][has].float()
         return {"bce": F.binary_cross_entropy_with_logits(logits, batch["labels"][has].float())}
-
-    @torch.no_grad()
-    def postprocess(self, outputs: dict, preds: list[dict], image_size: tuple[int, int]) -> None:
-        """Adds ``label_probs`` (C,) and ``label_set`` (C,) bool: probabilities above the tuned thresholds."""
-        probs = outputs[self.name]["logits"].float().sigmoid()
-        chosen = probs > self.thresholds
-        for i, p in enumerate(preds):
-            p["label_probs"] = probs[i]
-            p["label_set"] = chosen[i]

@@ -57,29 +57,3 @@ class SemanticHead(Head):
             return {}
         return semantic_loss(outputs[self.name]["logits"], batch["semantic"], valid, self.dice_weight,
                              self.loss_stride, self.label_reduction, self.dice_classes)
-
-    @torch.no_grad()
-    def postprocess(self, outputs: dict, preds: list[dict], image_size: tuple[int, int]) -> None:
-        """Adds semantic (H, W) int64 class map."""
-        labels = semantic_labels(outputs[self.name]["logits"], image_size, self.label_stride)
-        for i, p in enumerate(preds):
-            p["semantic"] = labels[i]
-
-
-def semantic_labels(logits: torch.Tensor, size: tuple[int, int], label_stride: int = 1) -> torch.Tensor:
-    """(B, C, h, w) logits -> (B, H, W) argmax of the bilinearly upsampled logits.
-
-    With ``label_stride`` s > 1 the argmax is taken on an (H/s, W/s) grid, at the centres of s x s
-    pixel cells, and each cell repeats its label: (C x H x W) upsampled logits cost more on a CPU than
-    the lite network's forward pass, and logits predicted at stride >= 4 hold little finer detail.
-    """
-    h, w = size
-    s = label_stride
-    grid = (-(-h // s), -(-w // s))
-    # channels-last: upsampling and the argmax over classes read contiguous memory (about 3x faster)
-    up = F.interpolate(logits.float().contiguous(memory_format=torch.channels_last), size=grid, mode="bilinear",
-                       align_corners=False)
-    labels = up.argmax(1)
-    if s > 1:
-        labels = labels.repeat_interleave(s, 1).repeat_interleave(s, 2)[:, :h, :w]
-    return labels

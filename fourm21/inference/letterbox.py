@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from fourm21.models.mask_paste import paste_masks
+from fourm21.inference.masks import paste_masks
 
 
 def unletterbox(pred: dict[str, torch.Tensor], orig_size: tuple[int, int], scale: float,
@@ -45,3 +45,8 @@ def unletterbox(pred: dict[str, torch.Tensor], orig_size: tuple[int, int], scale
             sem = F.interpolate(sem[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
         out["semantic"] = sem
     return out
+
+
+def to_original_pixels(pred: dict[str, torch.Tensor], meta: dict, mask_thr: float = 0.5) -> dict[str, torch.Tensor]:
+    """``unletterbox`` by a sample's ``meta`` (``orig_size``, ``scale``): what the evaluator's COCO scoring takes."""
+    return unletterbox(pred, meta["orig_size"], float(meta.get("scale", 1.0)), mask_thr)

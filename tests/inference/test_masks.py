@@ -4,11 +4,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from fourm21.data.geometry import unletterbox
 from fourm21.errors import ConfigError
+from fourm21.inference.decode import semantic_labels
+from fourm21.inference.letterbox import unletterbox
+from fourm21.inference.masks import paste_masks
 from fourm21.losses.masks import box_crop_weights
-from fourm21.models.heads.semantic import SemanticHead, semantic_labels
-from fourm21.models.mask_paste import paste_masks
+from fourm21.models.heads.semantic import SemanticHead
 
 
 def _random_boxes(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:

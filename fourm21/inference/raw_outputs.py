@@ -1,8 +1,8 @@
 """The network as a function of images only, returning its raw head outputs as a flat tuple.
 
-Exported graphs (ONNX, torch.export) hold exactly this; anchor points are not outputs because
-they depend only on the input size, and ``restore_outputs`` rebuilds them so the heads'
-``postprocess`` decodes exported outputs by the same code path as the PyTorch model.
+Exported graphs (ONNX, torch.export) hold exactly this; anchor points are not outputs because they
+depend only on the input size (``fourm21.inference.decode`` rebuilds them from the strides), so exported
+outputs, nested again by ``restore_outputs``, are decoded by the same code as the PyTorch model's.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fourm21.models.heads.detection import make_points
 from fourm21.models.multitask import MultiTaskNet
 
 CONSTANT_KEYS = {"points", "point_strides"}
@@ -34,15 +33,10 @@ class RawOutputs(nn.Module):
         return tuple(out[n.split(".")[0]][n.split(".", 1)[1]] for n in self.names)
 
 
-def restore_outputs(net: MultiTaskNet, names: list[str], tensors: list[torch.Tensor],
-                    image_size: tuple[int, int]) -> dict[str, dict[str, torch.Tensor]]:
-    """Flat exported outputs -> the model's ``{task: raw}`` dict (with anchor points), for ``postprocess``."""
+def restore_outputs(names: list[str], tensors: list[torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Flat exported outputs named ``task.key`` -> the network's ``{task: raw}`` dict."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     for name, t in zip(names, tensors):
         task, key = name.split(".", 1)
         out.setdefault(task, {})[key] = torch.as_tensor(t)
-    if "det" in out:
-        head = net.heads["det"]
-        shapes = [(image_size[0] // s, image_size[1] // s) for s in head.strides]
-        out["det"]["points"], out["det"]["point_strides"] = make_points(shapes, head.strides, torch.device("cpu"))
     return out

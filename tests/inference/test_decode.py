@@ -1,0 +1,68 @@
+"""The one decoder: batched detections against a plain per-image reference, settings from net and config."""
+
+import torch
+from torchvision.ops import batched_nms
+
+from fourm21.inference.decode import DecodeSettings, decode, decode_batch, split_images
+from fourm21.losses.detection import decode_ltrb
+from fourm21.models.multitask import build_model
+from tests.conftest import model_config
+
+
+def _per_image_reference(raw: dict, size: tuple[int, int], s: DecodeSettings) -> list[tuple]:
+    """Image by image, the textbook way: top-k, threshold, per-class NMS, max_det."""
+    scores = (raw["cls_logits"].sigmoid() * raw["centerness"].sigmoid()[..., None]).sqrt()
+    out = []
+    for i in range(scores.shape[0]):
+        flat = scores[i].flatten()
+        top_s, top_i = flat.topk(min(s.pre_nms_topk, flat.numel()))
+        keep = top_s > s.score_thr
+        top_s, top_i = top_s[keep], top_i[keep]
+        loc, lab = top_i // scores.shape[-1], top_i % scores.shape[-1]
+        boxes = decode_ltrb(raw["points"][loc], raw["box_ltrb"][i, loc])
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, size[1])
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, size[0])
+        kept = batched_nms(boxes, top_s, lab, s.iou_thr)[: s.max_det]
+        out.append((boxes[kept], top_s[kept], lab[kept], loc[kept]))
+    return out
+
+
+def test_batched_detections_equal_the_per_image_reference():
+    torch.manual_seed(1)
+    net = build_model(model_config(**{"heads.det.score_thr": 0.06, "heads.det.max_det": 7})).eval()
+    s = DecodeSettings.from_net(net)
+    with torch.no_grad():
+        raw = net(torch.randn(4, 3, 64, 64))
+    preds = decode(raw, (64, 64), s)
+    ref = _per_image_reference(raw["det"], (64, 64), s)
+    assert sum(len(p["scores"]) for p in preds) > 4  # something to compare
+    for i, (p, (boxes, scores, labels, locs)) in enumerate(zip(preds, ref)):
+        torch.testing.assert_close(p["scores"], scores)
+        torch.testing.assert_close(p["boxes"], boxes)
+        assert torch.equal(p["labels"], labels) and torch.equal(p["locations"], locs)
+        assert len(p["scores"]) <= 7
+        # each kept detection's mask: its coefficients times its own image's prototypes
+        want = torch.einsum("nk,khw->nhw", raw["inst"]["coefs"][i, locs], raw["inst"]["proto"][i])
+        torch.testing.assert_close(p["mask_logits"], want)
+        assert p["masks"].shape == (len(scores), 64, 64)
+
+
+def test_settings_from_the_config_equal_those_of_the_built_heads():
+    cfg = model_config(**{"heads.det.score_thr": 0.21, "heads.sem.label_stride": 4})
+    net = build_model(cfg)
+    assert DecodeSettings.from_config(cfg) == DecodeSettings.from_net(net)
+    assert DecodeSettings.from_config(cfg).score_thr == 0.21
+
+
+def test_higher_thresholds_apply_to_an_already_decoded_batch():
+    torch.manual_seed(2)
+    net = build_model(model_config(**{"heads.det.score_thr": 0.0})).eval()
+    s = DecodeSettings.from_net(net)
+    with torch.no_grad():
+        flat = decode_batch(net(torch.randn(2, 3, 64, 64)), (64, 64), s)
+    loose = split_images(flat, 2, (64, 64), s)
+    strict = split_images(flat, 2, (64, 64), s.with_overrides(score_thr=0.4, max_det=2))
+    for a, b in zip(loose, strict):
+        keep = a["scores"] > 0.4
+        torch.testing.assert_close(b["scores"], a["scores"][keep][:2])
+        assert len(b["scores"]) <= 2
