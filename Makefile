@@ -12,6 +12,10 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e ".[dev]"
+	@# headless Chromium + its driver for tests/serve/test_page.py (Debian, as root); without them that test skips
+	command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+		|| echo "make install: no chromium/chromium-driver installed; the serve page's browser test will skip"
 	touch $@
 
 install: $(VENV)/.installed

@@ -68,6 +68,8 @@ def test_eval_config_composes():
 def test_every_experiment_composes_and_builds(experiment):
     cfg = _compose(overrides=[f"experiment={experiment}"])
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if model_cfg["heads"]["cls"]["enabled"] and model_cfg["heads"]["cls"]["num_classes"] is None:
+        model_cfg["heads"]["cls"]["num_classes"] = 4  # fourm21-train counts the image classes of the data
     if model_cfg["heads"]["attr"]["enabled"] and not model_cfg["heads"]["attr"]["groups"]:
         # fourm21-train reads the class count of each group from the training CSV
         model_cfg["heads"]["attr"]["groups"] = {g: 3 for g in cfg.data.groups}

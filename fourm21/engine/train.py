@@ -19,6 +19,7 @@ from fourm21.engine.callbacks import NonFiniteGuard
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
 from fourm21.engine.evaluate import data_report, evaluate_module, print_summary
 from fourm21.engine.lightning_module import MultiTaskModule
+from fourm21.engine.report_loggers import check_logger_packages, log_report, tracker_error
 from fourm21.engine.validate_config import check_config
 from fourm21.errors import ConfigError
 
@@ -36,17 +37,36 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """One Lightning logger per entry of ``logger`` (``save_dir: null`` = the run dir); a missing optional
+    package or a tracker refusing its settings is a one-line ConfigError naming the entry."""
     loggers = []
-    for lg_cfg in (cfg.get("logger") or {}).values():
+    for key, lg_cfg in (cfg.get("logger") or {}).items():
         if lg_cfg is None or "_target_" not in lg_cfg:
             continue
+        check_logger_packages(key, lg_cfg)
         kwargs = {"save_dir": str(run_dir)} if "save_dir" in lg_cfg and lg_cfg.save_dir is None else {}
-        loggers.append(instantiate(lg_cfg, **kwargs))
+        try:
+            loggers.append(instantiate(lg_cfg, **kwargs))
+        except Exception as e:
+            user = tracker_error(key, e)
+            if user is None:
+                raise
+            raise user from e
     return loggers
 
 
 def fill_from_data(cfg: DictConfig, datamodule) -> None:
-    """Head sizes the config leaves to the data (``model.heads.attr.groups: null``) are read from it."""
+    """Head sizes the config leaves to the data (``model.heads.attr.groups: null``, ``data.num_image_classes:
+    null``) are read from the training sets."""
+    cls = cfg.model.heads.get("cls")
+    if cls is not None and cls.get("enabled") and cfg.data.get("num_image_classes", 0) is None:
+        datamodule.setup("fit")
+        names = next((ds.image_class_names for ds in datamodule.train_sets.values()
+                      if getattr(ds, "image_class_names", None)), None)
+        if not names:
+            raise ConfigError("data.num_image_classes is null but no training data set names its image classes")
+        with open_dict(cfg):
+            cfg.data.num_image_classes = len(names)
     attr = cfg.model.heads.get("attr")
     if attr is not None and attr.get("enabled") and not attr.get("groups"):
         datamodule.setup("fit")
@@ -92,11 +112,11 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
             cfg.ckpt_path = resume_from  # `last` -> the file, which check_config compares with this config
     check_config(cfg)
     setup_runtime(cfg)
-    if rank_zero_only.rank == 0:  # under DDP every process runs this script, in the same run dir
-        save_config(cfg, run_dir)
     datamodule = instantiate(cfg.data.datamodule)
     fill_from_data(cfg, datamodule)
     attach_unlabelled(cfg, datamodule)
+    if rank_zero_only.rank == 0:  # under DDP every process runs this script, in the same run dir
+        save_config(cfg, run_dir)  # with what the data filled in (class counts, attribute groups)
     module = MultiTaskModule.from_config(cfg)
     callbacks = build_callbacks(cfg, run_dir)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg, run_dir) or False,
@@ -125,6 +145,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
             write_report(run_dir, metrics, title="fourm21 training report (not evaluated)")
     if trainer.is_global_zero:
         print_summary(metrics, run_dir)
+        log_report(trainer.loggers, metrics, run_dir, step=trainer.global_step)
     return metrics
 
 

@@ -1,0 +1,68 @@
+"""The service's keys from ``configs/serve.yaml``, checked once at start (a ``ConfigError`` names the key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from omegaconf import DictConfig
+
+from fourm21.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What the app needs besides the model; the meaning of each key is in serve.yaml."""
+
+    host: str
+    port: int
+    max_batch_size: int
+    batch_timeout_s: float
+    max_upload_mb: float
+    max_image_pixels: int
+    request_timeout_s: float
+    img_size: int | None
+    score_thr: float
+    iou_thr: float | None
+    max_det: int | None
+    sem_label_stride: int | None
+    masks: bool
+    show_semantic: bool
+
+    @property
+    def thresholds(self) -> dict:
+        """The decoding settings given to ``set_thresholds`` (None: the model's own)."""
+        return {"score_thr": self.score_thr, "iou_thr": self.iou_thr, "max_det": self.max_det,
+                "sem_label_stride": self.sem_label_stride}
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> ServeSettings:
+        values = {f.name: cfg.get(f.name) for f in fields(cls)}
+        for key, (lo, hi, optional) in _RANGES.items():
+            if not (optional and values[key] is None):
+                _check_number(key, values[key], lo, hi)
+        for key in ("max_upload_mb", "request_timeout_s"):
+            if values[key] <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {values[key]}")
+        for key in ("masks", "show_semantic"):
+            if not isinstance(values[key], bool):
+                raise ConfigError(f"{key}: must be true or false, got {values[key]!r}")
+        return cls(**values)
+
+
+# key: (lowest, highest, null allowed)
+_RANGES = {"port": (0, 65535, False), "max_batch_size": (1, None, False), "batch_timeout_s": (0, None, False),
+           "max_upload_mb": (0, None, False), "max_image_pixels": (1, None, False),
+           "request_timeout_s": (0, None, False), "score_thr": (0, 1, False), "img_size": (1, None, True),
+           "iou_thr": (0, 1, True), "max_det": (1, None, True), "sem_label_stride": (1, None, True)}
+
+
+def _check_number(key: str, value: object, lo: float | None, hi: float | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: must be a number, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ConfigError(f"{key}: must be {span}, got {value}")

@@ -1,0 +1,112 @@
+"""The app in-process over a stand-in model (timeouts and model failures on demand), the settings and the CLI's
+one-line errors. The real model over real HTTP is in test_api.py."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from starlette.testclient import TestClient
+
+from fourm21.engine import serve
+from fourm21.engine.common import CONFIG_DIR
+from fourm21.errors import ConfigError
+from fourm21.serve.app import create_app
+from fourm21.serve.settings import ServeSettings
+
+PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS\xde\x00\x00"
+       b"\x00\x0cIDATx\x9cc\xf8\xcf\xc0\x00\x00\x03\x01\x01\x00\xc9\xfe\x92\xef\x00\x00\x00\x00IEND\xaeB`\x82")
+
+
+class StandIn:
+    """Just what the app uses of a Fourm21Model; ``predict`` can be slow or fail."""
+
+    class_names, image_class_names, img_size, meta = ["thing"], [], 32, {}
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.delay_s, self.fail = delay_s, fail
+        self.net = SimpleNamespace(heads={"det": None})
+
+    def set_thresholds(self, *args, **kwargs) -> None:
+        pass
+
+    def predict(self, images, batch_size=16, img_size=None):
+        time.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("the network fell over")
+        return [{"boxes": torch.tensor([[0.0, 0.0, 1.0, 1.0]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.tensor([0])} for _ in images]
+
+
+def settings(*overrides: str) -> ServeSettings:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return ServeSettings.from_config(compose("serve", ["ckpt_path=x.ckpt", *overrides]))
+
+
+def test_the_shipped_config_is_valid():
+    s = settings()
+    assert s.max_upload_bytes == 10 * 2**20 and s.port == 8000 and s.thresholds["score_thr"] == 0.3
+
+
+@pytest.mark.parametrize("override, words", [("max_batch_size=0", "max_batch_size: must be >= 1, got 0"),
+                                             ("max_upload_mb=0", "max_upload_mb: must be > 0"),
+                                             ("request_timeout_s=abc", "request_timeout_s: must be a number"),
+                                             ("score_thr=2", "score_thr: must be in [0, 1], got 2"),
+                                             ("port=70000", "port: must be in [0, 65535]"),
+                                             ("masks=maybe", "masks: must be true or false")])
+def test_bad_setting_names_its_key(override, words):
+    with pytest.raises(ConfigError) as e:
+        settings(override)
+    assert words in str(e.value)
+
+
+def test_answers_through_the_stand_in():
+    with TestClient(create_app(StandIn(), settings())) as client:
+        r = client.post("/predict", files={"image": ("one.png", PNG)})
+    assert r.status_code == 200, r.text
+    (ann,) = r.json()["annotations"]
+    assert ann["category_name"] == "thing" and ann["bbox"] == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_a_slow_prediction_is_a_504():
+    with TestClient(create_app(StandIn(delay_s=1.0), settings("request_timeout_s=0.2"))) as client:
+        r = client.post("/predict", files={"image": ("one.png", PNG)})
+    assert r.status_code == 504 and "request_timeout_s=0.2" in r.json()["error"]
+
+
+def test_a_model_failure_is_a_json_500_and_the_app_goes_on():
+    model = StandIn(fail=True)
+    with TestClient(create_app(model, settings()), raise_server_exceptions=False) as client:
+        r = client.post("/predict", files={"image": ("one.png", PNG)})
+        assert r.status_code == 500 and "the network fell over" in r.json()["error"]
+        model.fail = False
+        assert client.post("/predict", files={"image": ("one.png", PNG)}).status_code == 200
+
+
+def _main(monkeypatch, capsys, args, tmp_path) -> str:
+    """The entry point in-process as the console script runs it; returns its stderr (it must exit 2)."""
+    monkeypatch.setattr(sys, "argv", ["fourm21-serve", *args, f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as e:
+        serve.main()
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path):
+    assert _main(monkeypatch, capsys, [], tmp_path).strip() == \
+        "fourm21: ConfigError: ckpt_path: required, give it on the command line (ckpt_path=...)"
+    err = _main(monkeypatch, capsys, ["ckpt_path=x.ckpt", "max_batch_size=0"], tmp_path)
+    assert err.strip() == "fourm21: ConfigError: max_batch_size: must be >= 1, got 0"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = _main(monkeypatch, capsys, ["ckpt_path=x.ckpt", f"port={port}"], tmp_path)
+    assert err.strip() == f"fourm21: ConfigError: host/port: 127.0.0.1:{port} is in use (choose another port=...)"
+    err = _main(monkeypatch, capsys, [f"ckpt_path={tmp_path / 'none.ckpt'}", "port=0"], tmp_path)
+    assert err.strip().startswith("fourm21: CheckpointError:") and len(err.strip().splitlines()) == 1
