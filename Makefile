@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install train test test-all lint clean
+.PHONY: install train test test-all lint docs clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,16 @@ train: install
 lint: install
 	$(BIN)/ruff check .
 
+# docs/ as a site in site/ (mkdocs.yml); strict: a warning (a broken link or anchor, a page left out of the
+# nav) fails the build. No -q: mkdocs' quiet mode drops the warnings that strict mode counts.
+docs: install
+	$(BIN)/mkdocs build --strict
+
 # pytest exits 5 when it collects no test; make treats any non-zero exit as failure.
-test: install lint
+test: install lint docs
 	$(BIN)/python -m pytest -m "not slow" -q $(ARGS)
 
-test-all: install lint
+test-all: install lint docs
 	$(BIN)/python -m pytest -q $(ARGS)
 
 clean:

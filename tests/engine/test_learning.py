@@ -2,7 +2,7 @@
 
 Floors are set well above what a broken loss, assigner, decoder, augmentation or schedule reaches (a model
 that does not learn scores about 0 AP and chance accuracy) and well below what the run reaches
-(figures in the README's test section), so machine noise does not fail it.
+(figures in docs/tests.md), so machine noise does not fail it.
 """
 
 from __future__ import annotations
