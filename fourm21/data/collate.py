@@ -1,73 +1,68 @@
-"""Batch Samples into padded tensors plus per-sample task masks (``has_<target>``)."""
+"""Batch Samples into padded tensors plus per-sample task masks (``has_<target>``), by ``sample.TARGETS``."""
 
 from __future__ import annotations
 
 import torch
 
-from fourm21.data.sample import IGNORE_INDEX, Sample
+from fourm21.data.sample import TARGETS, Sample, Target
 
 
 def collate_samples(samples: list[Sample | None]) -> dict | None:
-    """Stack Samples; variable-length instance targets are padded to the batch's largest count.
+    """Stack Samples; each target of ``fourm21.data.sample.TARGETS`` is batched by its kind, filled where a
+    sample lacks it, with its task mask ``has_<target>`` (B,) bool.
 
     None entries (images a data set skipped under ``data.on_bad_image=skip``) are left out; a batch
     with no sample left is None, which the training and validation steps skip.
 
-    Returns image (B, 3, H, W); label (B,) with -1 where absent; gt_boxes (B, M, 4);
-    gt_labels (B, M) with -1 for padding; gt_masks (B, M, h, w) at the samples' mask resolution (bool at
-    full resolution, else coverage fractions; see ``CocoDataset.mask_stride``); semantic (B, H, W) with
-    IGNORE_INDEX where absent; attributes {group: (B,) class or -1}; labels (B, C) multi-hot;
-    caption_tokens (B, T) (0 = padding); has_label / has_boxes / has_masks / has_semantic /
-    has_attributes / has_labels / has_caption (B,) bool; meta list.
+    Returns image (B, 3, H, W); label (B,) with -1 where absent; gt_boxes (B, M, 4); gt_labels (B, M)
+    with -1 for padding; gt_masks (B, M, h, w) at the samples' mask resolution (bool at full resolution,
+    else coverage fractions; see ``CocoDataset.mask_stride``); semantic (B, H, W) with IGNORE_INDEX where
+    absent; attributes {group: (B,) class or -1}; labels (B, C) multi-hot; caption_tokens (B, T)
+    (0 = padding); the has_* masks; meta list.
     """
     samples = [s for s in samples if s is not None]
     if not samples:
         return None
     images = torch.stack([s["image"] for s in samples])
+    batch: dict = {"image": images}
+    instances = max([len(s["boxes"]) for s in samples if "boxes" in s] + [1])
+    for target in TARGETS:
+        batch[target.batch] = _batched(target, samples, images, instances)
+        if target.has is not None:
+            batch[target.has] = torch.tensor([target.key in s for s in samples])
+    batch["meta"] = [s["meta"] for s in samples]
+    return batch
+
+
+# instance targets of a batch in which no sample has any: their shapes (after N) and dtypes
+_ABSENT_SHAPES = {"boxes": lambda h, w: (4,), "box_labels": lambda h, w: (), "masks": lambda h, w: (h, w)}
+_ABSENT_DTYPES = {"boxes": torch.float32, "box_labels": torch.long, "masks": torch.bool}
+
+
+def _batched(t: Target, samples: list[Sample], images: torch.Tensor, instances: int) -> torch.Tensor | dict:
     b, _, h, w = images.shape
-    m = max([len(s["boxes"]) for s in samples if "boxes" in s] + [1])
-    gt_boxes = torch.zeros(b, m, 4)
-    gt_labels = torch.full((b, m), -1, dtype=torch.long)
-    mask_shape, mask_dtype = next(((tuple(s["masks"].shape[-2:]), s["masks"].dtype) for s in samples if "masks" in s),
-                                  ((h, w), torch.bool))
-    gt_masks = torch.zeros(b, m, *mask_shape, dtype=mask_dtype)
-    semantic = torch.full((b, h, w), IGNORE_INDEX, dtype=torch.long)
+    present = [s[t.key] for s in samples if t.key in s]
+    if t.kind == "scalar":
+        return torch.tensor([s.get(t.key, t.fill) for s in samples], dtype=torch.long)
+    if t.kind == "groups":
+        groups = sorted({g for s in samples for g in s.get(t.key, {})})
+        return {g: torch.tensor([s.get(t.key, {}).get(g, t.fill) for s in samples], dtype=torch.long)
+                for g in groups}
+    if t.kind == "dense":
+        out = torch.full((b, h, w), int(t.fill), dtype=torch.long)
+    elif t.kind == "vector":
+        out = torch.full((b, len(present[0]) if present else 0), float(t.fill))
+    elif t.kind == "sequence":
+        out = torch.full((b, max([len(v) for v in present] + [0])), int(t.fill), dtype=torch.long)
+    elif t.kind == "instances":  # (N, ...) per sample -> (B, M, ...); a batch without any: boxes-like defaults
+        first = present[0] if present else None
+        trailing = tuple(first.shape[1:]) if first is not None else _ABSENT_SHAPES[t.key](h, w)
+        dtype = first.dtype if first is not None else _ABSENT_DTYPES[t.key]
+        out = torch.full((b, instances, *trailing), t.fill, dtype=dtype)
+    else:
+        raise ValueError(f"unknown target kind {t.kind!r} for {t.key!r}")
     for i, s in enumerate(samples):
-        if "boxes" in s:
-            n = len(s["boxes"])
-            gt_boxes[i, :n] = s["boxes"]
-            gt_labels[i, :n] = s["box_labels"]
-            if "masks" in s and n:
-                gt_masks[i, :n] = s["masks"]
-        if "semantic" in s:
-            semantic[i] = s["semantic"]
-    groups = sorted({g for s in samples for g in s.get("attributes", {})})
-    attributes = {g: torch.tensor([s.get("attributes", {}).get(g, -1) for s in samples], dtype=torch.long)
-                  for g in groups}
-    num_labels = next((len(s["labels"]) for s in samples if "labels" in s), 0)
-    labels = torch.stack([s["labels"] if "labels" in s else torch.zeros(num_labels) for s in samples]) \
-        if num_labels else torch.zeros(b, 0)
-    max_tokens = max([len(s["caption_tokens"]) for s in samples if "caption_tokens" in s] + [0])
-    tokens = torch.zeros(b, max_tokens, dtype=torch.long)
-    for i, s in enumerate(samples):
-        if "caption_tokens" in s:
-            tokens[i, : len(s["caption_tokens"])] = s["caption_tokens"]
-    return {
-        "image": images,
-        "attributes": attributes,
-        "labels": labels,
-        "caption_tokens": tokens,
-        "has_attributes": torch.tensor(["attributes" in s for s in samples]),
-        "has_labels": torch.tensor(["labels" in s for s in samples]),
-        "has_caption": torch.tensor(["caption_tokens" in s for s in samples]),
-        "label": torch.tensor([s.get("label", -1) for s in samples], dtype=torch.long),
-        "gt_boxes": gt_boxes,
-        "gt_labels": gt_labels,
-        "gt_masks": gt_masks,
-        "semantic": semantic,
-        "has_label": torch.tensor(["label" in s for s in samples]),
-        "has_boxes": torch.tensor(["boxes" in s for s in samples]),
-        "has_masks": torch.tensor(["masks" in s for s in samples]),
-        "has_semantic": torch.tensor(["semantic" in s for s in samples]),
-        "meta": [s["meta"] for s in samples],
-    }
+        if t.key in s and len(s[t.key]):
+            value = s[t.key]
+            out[i, : len(value)] = value
+    return out

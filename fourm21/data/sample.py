@@ -19,9 +19,37 @@ batch records this as ``has_<target>`` flags (the task masks).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class Target:
+    """How one Sample key becomes a batch tensor: under ``batch``, with the task mask ``has`` (None: the
+    key shares another's mask), batched as ``kind`` with ``fill`` where a sample lacks it:
+    ``scalar`` (B,), ``vector`` (B, C), ``sequence`` (B, T max), ``dense`` (B, H, W),
+    ``instances`` (B, M max, ...), ``groups`` ({group: (B,)})."""
+
+    key: str
+    batch: str
+    has: str | None
+    kind: str
+    fill: float
+
+
+# The one table collation follows (``fourm21.data.collate``); a new target is one line here.
+TARGETS: tuple[Target, ...] = (
+    Target("label", "label", "has_label", "scalar", -1),
+    Target("boxes", "gt_boxes", "has_boxes", "instances", 0),
+    Target("box_labels", "gt_labels", None, "instances", -1),
+    Target("masks", "gt_masks", "has_masks", "instances", 0),
+    Target("semantic", "semantic", "has_semantic", "dense", IGNORE_INDEX),
+    Target("attributes", "attributes", "has_attributes", "groups", -1),
+    Target("labels", "labels", "has_labels", "vector", 0),
+    Target("caption_tokens", "caption_tokens", "has_caption", "sequence", 0),
+)
 
 # Which targets each task needs; used to build task masks and to check configs.
 TASK_TARGETS: dict[str, tuple[str, ...]] = {
