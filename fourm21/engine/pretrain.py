@@ -11,7 +11,6 @@ modelling, ViT only); ``method=auto`` picks SimMIM for a ViT and SimCLR otherwis
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import hydra
@@ -26,6 +25,7 @@ from torch.utils.data import DataLoader
 from fourm21.data.transforms import reseed_worker_transforms
 from fourm21.data.unlabelled import collate_views
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
+from fourm21.engine.schedules import warmup_cosine
 from fourm21.errors import ConfigError
 from fourm21.losses.contrastive import nt_xent
 from fourm21.losses.masked_image import masked_pixel_l1
@@ -36,11 +36,17 @@ from fourm21.models.masked_image import MaskedImageModel, random_block_mask
 METHODS = ("simclr", "simmim")
 
 
-def cosine_schedule(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
+class _Pretrainer(L.LightningModule):
+    """What both methods share: AdamW (``lr``, ``weight_decay`` hyper-parameters), a cosine to 0 per step."""
+
+    def configure_optimizers(self) -> dict:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        sched = warmup_cosine(opt, int(self.trainer.estimated_stepping_batches), warmup_frac=0.0, warmup_steps=0,
+                              min_lr_ratio=0.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class ContrastivePretrainer(L.LightningModule):
+class ContrastivePretrainer(_Pretrainer):
     """Backbone + projection MLP on the concatenated pooled levels; NT-Xent between two views."""
 
     def __init__(self, backbone: dict, proj_dim: int = 128, temperature: float = 0.2, lr: float = 2e-3,
@@ -63,13 +69,8 @@ class ContrastivePretrainer(L.LightningModule):
         self.log("pretrain/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
 
-    def configure_optimizers(self) -> dict:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        sched = cosine_schedule(opt, max(int(self.trainer.estimated_stepping_batches), 1))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-
-class MaskedImagePretrainer(L.LightningModule):
+class MaskedImagePretrainer(_Pretrainer):
     """SimMIM: mask ``mask_ratio`` of the image in ``mask_patch``-pixel blocks, reconstruct the masked pixels."""
 
     def __init__(self, backbone: dict, mask_ratio: float = 0.6, mask_patch: int = 16, lr: float = 2e-3,
@@ -94,11 +95,6 @@ class MaskedImagePretrainer(L.LightningModule):
         loss = masked_pixel_l1(self.mim(images, mask), images, mask, self.mim.patch_size)
         self.log("pretrain/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
-
-    def configure_optimizers(self) -> dict:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        sched = cosine_schedule(opt, max(int(self.trainer.estimated_stepping_batches), 1))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def resolve_method(method: str, backbone: TimmBackbone | dict) -> str:
