@@ -12,6 +12,8 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e ".[dev]"
+	@# trackers pulls in the GUI opencv-python, whose cv2 needs libGL; the headless build's cv2 goes back on top
+	$(BIN)/pip install --force-reinstall --no-deps -q "opencv-python-headless>=4.9"
 	@# headless Chromium + its driver for tests/serve/test_page.py (Debian, as root); without them that test skips
 	command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \

@@ -6,9 +6,15 @@ Multi-label: ``ImageID,Labels,Caption`` (the COMP5329 format): space-separated c
 free-text caption, RFC-4180 quoting (commas, quotes, line breaks inside captions). A row with no
 labels (a test row) keeps its image and caption and trains nothing.
 
+Class lists a config leaves out (the attribute ``groups`` and their values, the multi-label
+``class_ids``) are read from the data: from ``classes_from`` / ``class_ids_from`` (the training CSV,
+so a held-back CSV uses the training indices) or from the file itself. A held-back CSV may then hold
+fewer ids or columns than the training one; a value, id or column the training CSV lacks counts as
+missing (logged, counted in ``unknown`` / ``missing_columns``), as the heads cannot predict it.
+
 A missing file or column, a file with no rows, text that is not UTF-8, and (multi-label) a class id
-not in ``class_ids`` are DatasetErrors naming the file (and line); an image that cannot be read
-follows ``on_bad_image`` (see ``fourm21.data.images``).
+not in a ``class_ids`` the config gives are DatasetErrors naming the file (and line); an image that
+cannot be read follows ``on_bad_image`` (see ``fourm21.data.images``).
 """
 
 from __future__ import annotations
@@ -61,24 +67,64 @@ def attribute_classes(rows: list[dict[str, str]], groups: Sequence[str]) -> dict
     return {g: sorted({r[g] for r in rows if r.get(g)}) for g in groups}
 
 
+def attribute_groups(rows: list[dict[str, str]], image_col: str) -> list[str]:
+    """The attribute groups of a CSV whose config names none: every column but the image column, in file order."""
+    return [c for c in rows[0] if c and c != image_col]
+
+
+def parse_label_ids(rows: list[dict[str, str]], labels_col: str, path: Path) -> list[list[int] | None]:
+    """Each row's space-separated class ids (None for an empty cell); a DatasetError naming the line otherwise."""
+    out: list[list[int] | None] = []
+    for n, r in enumerate(rows, start=2):
+        text = r[labels_col]
+        try:
+            out.append([int(t) for t in text.split()] if text else None)
+        except ValueError:
+            raise DatasetError(f"{path}, line {n}: labels '{text}' are not integers") from None
+    return out
+
+
+def multilabel_class_ids(ids_per_row: list[list[int] | None], path: Path, labels_col: str) -> list[int]:
+    """The sorted distinct class ids of a multi-label CSV: the class list when the config gives none."""
+    ids = sorted({c for ids in ids_per_row if ids for c in ids})
+    if not ids:
+        raise DatasetError(f"{path}: column '{labels_col}' holds no class ids to read the class list from; "
+                           f"give it (data.class_ids=[...])")
+    return ids
+
+
 class AttributeDataset(Dataset):
     """Samples with ``attributes``: {group: class index or -1 when missing}."""
 
-    def __init__(self, csv_path: str | Path, image_dir: str | Path, groups: Sequence[str],
+    def __init__(self, csv_path: str | Path, image_dir: str | Path, groups: Sequence[str] | None = None,
                  classes: dict[str, Sequence[str]] | None = None, image_col: str = "image",
                  transform: Any = None, source: str = "attributes", classes_from: str | Path | None = None,
                  on_bad_image: str = "error") -> None:
-        """``classes`` fixes each group's class list; else they are read from ``classes_from`` (the
-        training CSV, so val uses the same indices) or from ``csv_path`` itself. Values outside the
-        class list count as missing (logged, counted in ``unknown``)."""
+        """``groups``: the columns that become heads; None = those of ``classes``, else every column but
+        ``image_col`` of ``classes_from`` (the training CSV) or of ``csv_path`` itself. ``classes`` fixes
+        each group's class list; else they are read from ``classes_from`` (so val uses the training
+        indices) or from ``csv_path``. Values outside the class list, and the groups of a column this file
+        lacks (groups read from ``classes_from`` only), count as missing (logged; ``unknown``,
+        ``missing_columns``)."""
         self.csv_path = Path(csv_path)
         self.image_dir = Path(image_dir)
-        self.groups = list(groups)
-        self.rows = read_csv_rows(self.csv_path, [image_col, *self.groups])
+        self.rows = read_csv_rows(self.csv_path, [image_col, *(groups or [])])
         self.image_col = image_col
+        source_rows = None
+        if classes_from and not classes:
+            source_rows = read_csv_rows(classes_from, [*(groups or [image_col])])
+        if not groups:
+            groups = list(classes) if classes else attribute_groups(source_rows or self.rows, image_col)
+            if not groups:
+                raise DatasetError(f"{classes_from if source_rows else self.csv_path}: no attribute columns "
+                                   f"besides '{image_col}'")
+        self.groups = list(groups)
+        self.missing_columns = [g for g in self.groups if g not in self.rows[0]]
+        if self.missing_columns:
+            log.warning("%s: no column(s) %s (the training CSV has them); counted as missing for every image",
+                        self.csv_path, self.missing_columns)
         if not classes:
-            source_rows = read_csv_rows(classes_from, [*self.groups]) if classes_from else self.rows
-            classes = attribute_classes(source_rows, self.groups)
+            classes = attribute_classes(source_rows or self.rows, self.groups)
         missing_groups = [g for g in self.groups if g not in classes]
         if missing_groups:
             raise DatasetError(f"attribute classes given for {sorted(classes)} but not for {missing_groups}")
@@ -92,7 +138,7 @@ class AttributeDataset(Dataset):
         self.unknown: dict[str, int] = {g: 0 for g in self.groups}  # values not in a fixed class list
         for r in self.rows:
             for g in self.groups:
-                if r[g] and r[g] not in self.index[g]:
+                if r.get(g) and r[g] not in self.index[g]:
                     self.unknown[g] += 1
         for g, n in self.unknown.items():
             if n:
@@ -109,7 +155,7 @@ class AttributeDataset(Dataset):
             return None
         out = self.transform(image=image)["image"] if self.transform is not None else image.astype(np.float32) / 255
         return {"image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float(),
-                "attributes": {g: self.index[g].get(row[g], MISSING) for g in self.groups},
+                "attributes": {g: self.index[g].get(row.get(g, ""), MISSING) for g in self.groups},
                 "meta": {"image_id": i, "source": self.source, "file_name": row[self.image_col],
                          "orig_size": image.shape[:2]}}
 
@@ -117,14 +163,27 @@ class AttributeDataset(Dataset):
 class MultiLabelCaptionDataset(Dataset):
     """Samples with ``labels`` (multi-hot over ``class_ids``) and ``caption_tokens``."""
 
-    def __init__(self, csv_path: str | Path, image_dir: str | Path, class_ids: Sequence[int],
+    def __init__(self, csv_path: str | Path, image_dir: str | Path, class_ids: Sequence[int] | None = None,
                  transform: Any = None, id_col: str = "ImageID", labels_col: str = "Labels",
                  caption_col: str = "Caption", num_buckets: int = 4096, max_tokens: int = 32,
-                 source: str = "multilabel", on_bad_image: str = "error") -> None:
+                 source: str = "multilabel", on_bad_image: str = "error",
+                 class_ids_from: str | Path | None = None) -> None:
+        """``class_ids``: every id a Labels cell may hold, in head order (another id is a DatasetError);
+        None = the sorted ids of ``class_ids_from`` (the training CSV) or of ``csv_path`` itself, and an id
+        outside them is left out of its row (logged, counted in ``unknown``)."""
         self.csv_path = Path(csv_path)
         self.image_dir = Path(image_dir)
         self.rows = read_csv_rows(self.csv_path, [id_col, labels_col, caption_col])
-        self.class_ids = [int(c) for c in class_ids]
+        ids_per_row = parse_label_ids(self.rows, labels_col, self.csv_path)
+        fixed = bool(class_ids)
+        if fixed:
+            self.class_ids = [int(c) for c in class_ids]
+        elif class_ids_from:
+            path = Path(class_ids_from)
+            rows = read_csv_rows(path, [labels_col])
+            self.class_ids = multilabel_class_ids(parse_label_ids(rows, labels_col, path), path, labels_col)
+        else:
+            self.class_ids = multilabel_class_ids(ids_per_row, self.csv_path, labels_col)
         self.index = {c: i for i, c in enumerate(self.class_ids)}
         self.cols = (id_col, labels_col, caption_col)
         self.transform = transform
@@ -132,21 +191,22 @@ class MultiLabelCaptionDataset(Dataset):
         self.source = source
         self.on_bad_image = check_policy(on_bad_image)
         self.skip_log = SkipLog(source, f"{self.csv_path.resolve()}|{self.image_dir.resolve()}")
+        self.unknown: dict[int, int] = {}  # ids outside a class list read from the data: {id: rows}
         self.labels: list[list[int] | None] = []
-        for n, r in enumerate(self.rows, start=2):
-            text = r[labels_col]
-            if not text:
+        for n, ids in enumerate(ids_per_row, start=2):
+            if ids is None:
                 self.labels.append(None)
                 continue
-            try:
-                ids = [int(t) for t in text.split()]
-            except ValueError:
-                raise DatasetError(f"{self.csv_path}, line {n}: labels '{text}' are not integers") from None
             unknown = [c for c in ids if c not in self.index]
-            if unknown:
+            if unknown and fixed:
                 raise DatasetError(f"{self.csv_path}, line {n}: unknown class id(s) {unknown}; "
                                    f"known: {self.class_ids}")
-            self.labels.append([self.index[c] for c in ids])
+            for c in unknown:
+                self.unknown[c] = self.unknown.get(c, 0) + 1
+            self.labels.append([self.index[c] for c in ids if c in self.index])
+        if self.unknown:
+            log.warning("%s: class id(s) %s are not in the training CSV's %s; left out of their rows",
+                        self.csv_path, sorted(self.unknown), self.class_ids)
         self.label_names = [str(c) for c in self.class_ids]
 
     def __len__(self) -> int:

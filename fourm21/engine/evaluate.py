@@ -4,23 +4,39 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fourm21.data.coco import DROPPED
-from fourm21.data.images import skipped_images
+from fourm21.data.images import read_image, skipped_images
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, setup_runtime
 from fourm21.engine.lightning_module import MultiTaskModule
 from fourm21.engine.validate_config import check_config
-from fourm21.errors import CheckpointError
+from fourm21.errors import CheckpointError, ConfigError, DatasetError
 from fourm21.inference.checkpoints import architecture, check_data_matches, load_state, read_checkpoint
-from fourm21.metrics.plots import plot_confusion_matrix, plot_loss_curves, plot_pr_curves, plot_prediction_grid
-from fourm21.metrics.report import per_class_markdown, write_report
+from fourm21.metrics.detection_errors import (
+    class_list,
+    detection_errors,
+    per_class_ap,
+    results_to_prediction,
+    worst_images,
+)
+from fourm21.metrics.evaluator import COCO_TASKS, MultiTaskEvaluator
+from fourm21.metrics.plots import (
+    plot_confusion_matrix,
+    plot_detection_confusion,
+    plot_loss_curves,
+    plot_pr_curves,
+    plot_prediction_grid,
+    plot_worst_images,
+)
+from fourm21.metrics.report import confusion_markdown, per_class_ap_markdown, per_class_markdown, write_report
 
 
 def load_module(ckpt_path: str | Path) -> MultiTaskModule:
@@ -83,14 +99,93 @@ def make_plots(module: MultiTaskModule, datamodule: Any, run_dir: Path) -> list[
     return out
 
 
+def error_settings(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The config's ``error_analysis`` keys (``iou_thr``, ``score_thr``, ``worst_images``), checked: a
+    ConfigError naming the key for an impossible value."""
+    settings = OmegaConf.to_container(given, resolve=True) if OmegaConf.is_config(given) else dict(given)
+    for key, low, high in (("iou_thr", 0.0, 1.0), ("score_thr", 0.0, 1.0)):
+        value = settings.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high \
+                or (key == "iou_thr" and value == 0):
+            raise ConfigError(f"error_analysis.{key}: must be a number in {'(0' if key == 'iou_thr' else '[0'}, 1], "
+                              f"got {value!r}")
+    n = settings.get("worst_images")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"error_analysis.worst_images: must be an integer >= 0 (0 = no grid), got {n!r}")
+    return settings
+
+
+def _image_of(ds: Any, image_id: int) -> Any:
+    """The val image ``image_id`` at its original size ((H, W, 3) uint8), or None when it cannot be read."""
+    img_dir = getattr(ds, "img_dir", None)
+    info = ds.coco.imgs.get(image_id) if getattr(ds, "coco", None) is not None else None
+    if img_dir is None or info is None:
+        return None
+    try:
+        return read_image(Path(img_dir) / info["file_name"])
+    except DatasetError:
+        return None
+
+
+def error_analysis(evaluators: list[MultiTaskEvaluator], val_sets: Mapping[str, Any], run_dir: Path, stage: str,
+                   settings: Mapping[str, Any], plots: bool = True
+                   ) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
+    """Per-class AP (boxes, masks), the detection confusion matrices and the worst images of each val set
+    with COCO ground truth: returns (per-class AP metrics ``{stage}/{task}/ap.<class>``, report.json details
+    ``{stage}/{task}/confusion`` and ``{stage}/{task}/worst_images``, report.md sections). With ``plots``,
+    ``confusion_matrix_{det,inst}.png`` and ``worst_images.png`` go into ``run_dir`` (with several such
+    val sets, each key gets its set's name after the stage and each file its name as a suffix)."""
+    scored = [(name, ds, ev) for (name, ds), ev in zip(val_sets.items(), evaluators)
+              if ev.coco_gt is not None and ev.image_ids]
+    metrics: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    sections: dict[str, str] = {}
+    iou_thr, score_thr = float(settings["iou_thr"]), float(settings["score_thr"])
+    for name, ds, ev in scored:
+        tag, suffix = ("", "") if len(scored) == 1 else (f"{name}/", f"_{name}")
+        cat_ids, class_names = class_list(ev.coco_gt, ev.cat_ids)
+        worst_done = False
+        for task, iou_type in COCO_TASKS.items():
+            if task not in ev.tasks:
+                continue
+            kind = "boxes" if iou_type == "bbox" else "masks"
+            coco_ev = ev.coco_evals.get(task)
+            if coco_ev is not None:
+                table = per_class_ap(coco_ev, ev.coco_gt)
+                metrics.update({f"{stage}/{tag}{task}/ap.{c}": row["ap"] for c, row in table.items()})
+                sections[f"Per-class AP, {kind} ({name})"] = per_class_ap_markdown(table)
+            if iou_type == "segm" and not any("segmentation" in r for r in ev.results):
+                continue  # no mask predictions to match
+            errs = detection_errors(ev.coco_gt, ev.coco_results, iou_type, iou_thr, score_thr, cat_ids)
+            details[f"{stage}/{tag}{task}/confusion"] = errs.to_json()
+            worst = worst_images(errs.per_image, int(settings["worst_images"]))
+            details[f"{stage}/{tag}{task}/worst_images"] = [
+                {**e.summary(), "file_name": ev.coco_gt.imgs.get(e.image_id, {}).get("file_name")} for e in worst]
+            sections[f"Detection confusion, {kind} ({name})"] = confusion_markdown(details[
+                f"{stage}/{tag}{task}/confusion"])
+            if not plots:
+                continue
+            plot_detection_confusion(errs, run_dir / f"confusion_matrix_{task}{suffix}.png", stage)
+            if not worst_done and worst:  # boxes when there are, else masks; one grid per val set
+                panels = [(image, results_to_prediction(ev.coco_results[e.image_id], cat_ids, masks=True), e)
+                          for e in worst if (image := _image_of(ds, e.image_id)) is not None]
+                if panels:
+                    plot_worst_images(panels, class_names, run_dir / f"worst_images{suffix}.png", score_thr)
+                worst_done = True
+    return metrics, details, sections
+
+
 def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any, run_dir: Path,
                     ckpt_path: str | None = None, extra: dict[str, Any] | None = None, plots: bool = True,
-                    title: str = "fourm21 evaluation", stage: str = "val") -> dict[str, float]:
+                    title: str = "fourm21 evaluation", stage: str = "val", *,
+                    error_analysis_cfg: Mapping[str, Any]) -> dict[str, float]:
     """Validate; write report.json / report.md, predictions/{bbox,segm}.json and plots into ``run_dir``.
 
     The same function ends every training run and every ``fourm21-eval``, so both reports share one
-    format. ``stage`` names the split in the keys (``val/...`` or ``test/...``).
+    format. ``stage`` names the split in the keys (``val/...`` or ``test/...``). ``error_analysis_cfg``:
+    the config's ``error_analysis`` keys (see ``error_settings``), for the detection error analysis.
     """
+    settings = error_settings(error_analysis_cfg)
     t0 = time.time()
     module.tune_thresholds = False  # multi-label thresholds: the checkpoint's, not re-tuned on the split scored
     module.build_evaluators(datamodule.val_sets)
@@ -114,15 +209,18 @@ def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any
         if ev.cls is not None and ev.cls.count:
             sections[f"Per-class classification ({name})"] = per_class_markdown(
                 ev.cls.per_class_table(), getattr(ds, "image_class_names", []))
+    per_class, details, error_sections = error_analysis(module.evaluators, datamodule.val_sets, run_dir, stage,
+                                                        settings, plots)
+    sections.update(error_sections)
     notes = {"checkpoint": ckpt_path or "in-memory model",
              **({"weights": "the moving average (ema.enabled)"} if module.ema is not None else {}),
              f"{stage} images": ", ".join(f"{k}: {len(v)}" for k, v in datamodule.val_sets.items())}
     if metrics["data/skipped_images"]:
         notes["skipped images"] = f"{int(metrics['data/skipped_images'])}, listed in skipped_images.tsv"
-    write_report(run_dir, metrics, title=title, notes=notes, sections=sections)
+    write_report(run_dir, metrics, title=title, notes=notes, sections=sections, details={**per_class, **details})
     if plots:
         make_plots(module, datamodule, run_dir)
-    return metrics
+    return {**metrics, **per_class}
 
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:
@@ -137,14 +235,16 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("validate")
     trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(run_dir), enable_checkpointing=False)
     metrics = evaluate_module(trainer, module, datamodule, run_dir, extra=None, plots=cfg.plots,
-                              stage=cfg.get("stage", "val"), title=f"fourm21 evaluation of {cfg.ckpt_path}")
+                              stage=cfg.get("stage", "val"), title=f"fourm21 evaluation of {cfg.ckpt_path}",
+                              error_analysis_cfg=cfg.error_analysis)
     if trainer.is_global_zero:
         print_summary(metrics, run_dir)
     return metrics
 
 
 def print_summary(metrics: dict[str, float], run_dir: Path) -> None:
-    shown = {k: v for k, v in metrics.items() if k.split("/")[0] in ("val", "test") and "loss" not in k}
+    shown = {k: v for k, v in metrics.items() if k.split("/")[0] in ("val", "test") and "loss" not in k
+             and "/ap." not in k}  # per-class AP: in report.md
     print("\n".join(f"  {k:<24} {v:.4f}" for k, v in shown.items()))
     print(f"report: {run_dir / 'report.json'}")
 

@@ -2,20 +2,21 @@
 
     fourm21-predict ckpt_path=runs/.../best.ckpt source=photos/ score_thr=0.4
     fourm21-predict ckpt_path=runs/.../best.ckpt source=clip.mp4     # or source=0 for the webcam
+    fourm21-predict ckpt_path=runs/.../best.ckpt source=clip.mp4 track=bytetrack   # a track_id per detection
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 
 import cv2
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pycocotools import mask as mask_utils
 from rich.progress import Progress, TextColumn
 
@@ -25,6 +26,7 @@ from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of
 from fourm21.errors import ConfigError
 from fourm21.inference.loading import load
 from fourm21.inference.model import Fourm21Model, FramePrediction
+from fourm21.inference.tracking import Tracker
 from fourm21.metrics.draw import draw_frame
 from fourm21.metrics.plots import save_overlay
 
@@ -116,7 +118,8 @@ def overlay_caption_lines(pred: dict[str, torch.Tensor], model: Fourm21Model) ->
 
 def frame_record(frame: FramePrediction, model: Fourm21Model, masks: bool = True) -> dict:
     """One JSON line of a video: frame index, time, size, image class, attributes / labels, detections
-    (bbox xyxy in original pixels, score, category id and name, RLE mask with ``masks``)."""
+    (bbox xyxy in original pixels, score, category id and name, RLE mask with ``masks``; ``track_id``
+    first when the frame was tracked)."""
     h, w = frame.image.shape[:2]
     record: dict = {"frame": frame.index, "time_s": round(frame.time_s, 4), "width": w, "height": h}
     cls = classification_entry(frame.pred, model.image_class_names)
@@ -126,6 +129,8 @@ def frame_record(frame: FramePrediction, model: Fourm21Model, masks: bool = True
     dets = detection_entries(frame.pred, model.class_names, model.meta.get("cat_ids"), masks)
     for d in dets:
         d["bbox"] = [round(v, 2) for v in d["bbox"]]
+    if "track_ids" in frame.pred:
+        dets = [{"track_id": int(t), **d} for t, d in zip(frame.pred["track_ids"].tolist(), dets)]
     record["detections"] = dets
     return record
 
@@ -229,16 +234,48 @@ def predict_images(cfg: DictConfig, model: Fourm21Model, files: list[Path], run_
     return result
 
 
+def update_trails(trails: dict[int, deque], pred: dict[str, torch.Tensor], length: int) -> dict[int, deque]:
+    """The box centres of the last ``length`` frames of each track in this frame (a lost track's trail ends)."""
+    if "track_ids" not in pred or length < 1:
+        return {}
+    centres = ((pred["boxes"][:, :2] + pred["boxes"][:, 2:]) / 2).tolist()
+    kept = {}
+    for t, c in zip(pred["track_ids"].tolist(), centres):
+        kept[t] = trails.get(t, deque(maxlen=length))
+        kept[t].append(tuple(c))
+    return kept
+
+
+def track_classes(labels: dict[int, Counter]) -> dict[str, int]:
+    """Tracks per class, a track counted once under the class it was detected as most often."""
+    return dict(Counter(c.most_common(1)[0][0] for c in labels.values()).most_common())
+
+
+def tracker_from_config(cfg: DictConfig) -> Tracker | None:
+    """The tracker ``track`` names with the ``tracker`` settings, or None when ``track`` is null."""
+    name = cfg.get("track")
+    if name is None:
+        return None
+    settings = cfg.get("tracker") or {}
+    if not isinstance(settings, DictConfig | dict):
+        raise ConfigError(f"tracker: a mapping of tracker settings, got {settings!r}")
+    return Tracker(str(name), **(OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig)
+                                 else settings))
+
+
 def predict_video(cfg: DictConfig, model: Fourm21Model, source: Path | int, out_stem: Path,
-                  progress: Progress, report: list[str]) -> dict:
+                  progress: Progress, report: list[str], tracker: Tracker | None = None) -> dict:
     """One video or camera through ``model.predict_video``: ``<out_stem>.jsonl`` (a line per frame) and,
-    with ``save_overlays``, the annotated ``<out_stem>.mp4``. Ctrl-C ends a camera stream cleanly."""
+    with ``save_overlays``, the annotated ``<out_stem>.mp4``. Ctrl-C ends a camera stream cleanly.
+    With a ``tracker`` each detection carries its ``track_id`` and the summary counts tracks per class."""
     stream = model.predict_video(source, batch_size=cfg.batch_size, img_size=cfg.get("img_size"),
-                                 max_frames=cfg.max_frames)
+                                 max_frames=cfg.max_frames, tracker=tracker)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     lines_file = out_stem.with_suffix(".jsonl")
     video = AnnotatedVideo(out_stem.with_suffix(".mp4"), stream.fps or 30.0, str(cfg.video_fourcc))
     frames, counts = 0, Counter()
+    track_labels: dict[int, Counter] = {}
+    trails: dict[int, deque] = {}
     task = progress.add_task(stream.name, total=stream.frame_count, rate="")
     start = time.perf_counter()
     try:
@@ -247,9 +284,13 @@ def predict_video(cfg: DictConfig, model: Fourm21Model, source: Path | int, out_
                 record = frame_record(frame, model, cfg.video_masks)
                 lines.write(json.dumps(record) + "\n")
                 counts.update(d["category_name"] for d in record["detections"])
+                for d in record["detections"] if tracker is not None else ():
+                    track_labels.setdefault(d["track_id"], Counter())[d["category_name"]] += 1
                 if cfg.save_overlays:
+                    trails = update_trails(trails, frame.pred, int(cfg.get("track_trail") or 0))
                     video.write(draw_frame(frame.image, frame.pred, model.class_names, model.image_class_names,
-                                           cfg.score_thr, cfg.show_semantic, overlay_caption_lines(frame.pred, model)))
+                                           cfg.score_thr, cfg.show_semantic, overlay_caption_lines(frame.pred, model),
+                                           trails=trails))
                 frames += 1
                 progress.update(task, advance=1, rate=_rate(frames, start, "frames"))
     except KeyboardInterrupt:
@@ -263,6 +304,10 @@ def predict_video(cfg: DictConfig, model: Fourm21Model, source: Path | int, out_
                "jsonl": str(lines_file), "video": str(video.path) if written else None}
     report.append(f"{stream.name}: {frames} frames ({summary['frames_per_s']} frames/s), {summary['detections']} "
                   "detections" + (f": {dict(counts.most_common(10))}" if counts else ""))
+    if tracker is not None:
+        summary["tracker"], summary["tracks"] = tracker.name, track_classes(track_labels)
+        report.append(f"{stream.name}: {len(track_labels)} tracks ({tracker.name})"
+                      + (f": {summary['tracks']}" if track_labels else ""))
     report.append(f"results: {lines_file}" + (f", {video.path}" if written else ""))
     return summary
 
@@ -273,6 +318,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"batch_size: must be >= 1, got {cfg.batch_size}")
     if cfg.max_frames is not None and cfg.max_frames < 1:
         raise ConfigError(f"max_frames: must be >= 1 or null, got {cfg.max_frames}")
+    if (cfg.get("track_trail") or 0) < 0:
+        raise ConfigError(f"track_trail: must be >= 0, got {cfg.track_trail}")
     if len(str(cfg.video_fourcc)) != 4:
         raise ConfigError(f"video_fourcc: four characters such as mp4v, got {cfg.video_fourcc!r}")
     check_policy(cfg.get("on_bad_image", "skip"), "on_bad_image")
@@ -281,6 +328,7 @@ def check_config(cfg: DictConfig) -> None:
 def run_predict(cfg: DictConfig) -> dict:
     """Images -> overlays + predictions.json; each video (or camera) -> videos/<name>.mp4 + .jsonl."""
     check_config(cfg)
+    tracker = tracker_from_config(cfg)  # a bad name or setting fails before the model loads
     run_dir = run_dir_of(cfg)
     files, videos = list_media(cfg.source)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -297,7 +345,7 @@ def run_predict(cfg: DictConfig) -> dict:
             stem = f"camera{source}" if isinstance(source, int) else Path(source).stem
             stems[stem] += 1
             name = stem if stems[stem] == 1 else f"{stem}_{stems[stem]}"  # same name in two sub-folders
-            summaries.append(predict_video(cfg, model, source, run_dir / "videos" / name, progress, report))
+            summaries.append(predict_video(cfg, model, source, run_dir / "videos" / name, progress, report, tracker))
         if summaries:
             result["videos"] = summaries
     print("\n".join(report))

@@ -56,8 +56,10 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 
 
 def fill_from_data(cfg: DictConfig, datamodule) -> None:
-    """Head sizes the config leaves to the data (``model.heads.attr.groups: null``, ``data.num_image_classes:
-    null``) are read from the training sets."""
+    """Head sizes and class lists the config leaves to the data (``data.num_image_classes: null``,
+    ``model.heads.attr.groups`` / ``data.groups: null``, ``data.class_ids`` / ``data.num_labels: null``) are
+    read from the training sets and written into ``cfg`` (so config.yaml records them; the class lists reach
+    the checkpoint's meta from the val sets, which read them from the training CSV)."""
     cls = cfg.model.heads.get("cls")
     if cls is not None and cls.get("enabled") and cfg.data.get("num_image_classes", 0) is None:
         datamodule.setup("fit")
@@ -68,14 +70,31 @@ def fill_from_data(cfg: DictConfig, datamodule) -> None:
         with open_dict(cfg):
             cfg.data.num_image_classes = len(names)
     attr = cfg.model.heads.get("attr")
-    if attr is not None and attr.get("enabled") and not attr.get("groups"):
+    if attr is not None and attr.get("enabled") and (not attr.get("groups") or cfg.data.get("groups", 0) is None):
         datamodule.setup("fit")
         classes = next((ds.attribute_classes for ds in datamodule.train_sets.values()
                         if getattr(ds, "attribute_classes", None)), None)
         if classes is None:
             raise ConfigError("model.heads.attr is enabled but no training data set carries attributes")
         with open_dict(cfg):
-            cfg.model.heads.attr.groups = {g: len(c) for g, c in classes.items()}
+            if not attr.get("groups"):
+                cfg.model.heads.attr.groups = {g: len(c) for g, c in classes.items()}
+            if cfg.data.get("groups", 0) is None:
+                cfg.data.groups = list(classes)
+    mlc = cfg.model.heads.get("mlc")
+    if mlc is not None and mlc.get("enabled") and "num_labels" in cfg.data:
+        datamodule.setup("fit")
+        ids = next((list(ds.class_ids) for ds in datamodule.train_sets.values()
+                    if getattr(ds, "class_ids", None)), None)
+        if ids is None:
+            raise ConfigError("model.heads.mlc is enabled but no training data set carries multi-label class ids")
+        if cfg.data.num_labels is not None and cfg.data.num_labels != len(ids):
+            raise ConfigError(f"data.num_labels: {cfg.data.num_labels}, but the training data has {len(ids)} "
+                              f"class ids {ids}; set data.num_labels={len(ids)} or leave it out (null)")
+        with open_dict(cfg):
+            cfg.data.num_labels = len(ids)
+            if cfg.data.get("class_ids") is None:
+                cfg.data.class_ids = ids
 
 
 def attach_unlabelled(cfg: DictConfig, datamodule) -> None:
@@ -135,7 +154,8 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
     if cfg.get("evaluate", True) and not cfg.trainer.get("fast_dev_run"):
         metrics = evaluate_module(trainer, module, datamodule, run_dir, ckpt_path=best or None, extra=extra,
-                                  plots=cfg.get("plots", True), title="fourm21 training report")
+                                  plots=cfg.get("plots", True), title="fourm21 training report",
+                                  error_analysis_cfg=cfg.error_analysis)
     else:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         metrics.update(extra)

@@ -148,13 +148,15 @@ def _check_heads(cfg: DictConfig) -> None:
     for name, head in enabled.items():
         if name == "cls" and head.get("num_classes") is None and cfg.data.get("num_image_classes", 0) is None:
             continue  # data.num_image_classes: null is read from the training set's class folders
+        if name == "mlc" and head.get("num_classes") is None and cfg.data.get("num_labels", 0) is None:
+            continue  # data.num_labels: null is read from the training CSV's class ids
         if "num_classes" in head:
             _number(head.num_classes, f"model.heads.{name}.num_classes", integer=True)
             if head.num_classes < 1:
                 raise ConfigError(f"model.heads.{name}.num_classes is {head.num_classes}: data '{data_name}' has no "
                                   f"labels for this head; disable it (model.heads.{name}.enabled=false) or pick an "
                                   f"experiment made for this data (e.g. experiment={data_name})")
-    if "attr" in enabled and not enabled["attr"].get("groups") and not (cfg.get("data") or {}).get("groups"):
+    if "attr" in enabled and not enabled["attr"].get("groups") and "groups" not in (cfg.get("data") or {}):
         raise ConfigError(f"model.heads.attr is enabled but data '{data_name}' has no attribute columns "
                           f"(data.groups); disable it (model.heads.attr.enabled=false) or use experiment=attributes")
     det = enabled.get("det")

@@ -22,6 +22,7 @@ from fourm21.inference.decode import DecodeSettings, decode, split_images
 from fourm21.inference.letterbox import unletterbox
 from fourm21.inference.preprocess import ImageLike, Letterbox
 from fourm21.inference.runners import Runner, TorchRunner
+from fourm21.inference.tracking import Tracker
 from fourm21.models.multitask import MultiTaskNet
 
 
@@ -120,16 +121,24 @@ class Fourm21Model:
         return results
 
     def predict_video(self, source: VideoSource, batch_size: int = 1, img_size: int | None = None,
-                      max_frames: int | None = None) -> VideoPredictions:
+                      max_frames: int | None = None, tracker: str | Tracker | None = None) -> VideoPredictions:
         """Predictions frame by frame for a video file or a camera (``0`` = the first webcam).
 
         Returns a lazy iterator of ``FramePrediction`` (index, time_s, image, pred as ``predict`` gives):
         ``batch_size`` frames are decoded and run at a time, so a video of any length never sits in
         memory. The source is opened here: a missing file, a file that is not a video or an absent
-        camera raises ``DatasetError`` at once. ``max_frames`` stops a camera (or a long file) early."""
+        camera raises ``DatasetError`` at once. ``max_frames`` stops a camera (or a long file) early.
+
+        ``tracker`` (a name such as ``"bytetrack"`` with the library's settings, or a ``Tracker``) follows
+        objects across frames: each frame's detections are then the tracked ones, with ``pred["track_ids"]``
+        (N,) int64, ids from 0 for this video. None: no tracking."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        return VideoPredictions(self, VideoReader(source, max_frames), batch_size, img_size)
+        if isinstance(tracker, str):
+            tracker = Tracker(tracker)
+        elif tracker is not None and not isinstance(tracker, Tracker):
+            raise TypeError(f"tracker must be a tracker name, a Tracker or None, got {type(tracker).__name__}")
+        return VideoPredictions(self, VideoReader(source, max_frames), batch_size, img_size, tracker)
 
     @torch.no_grad()
     def _predict_batch(self, images: Sequence[ImageLike], img_size: int | None = None,
@@ -154,7 +163,8 @@ class Fourm21Model:
 @dataclass(frozen=True)
 class FramePrediction:
     """One video frame and its predictions: ``index`` in the stream, ``time_s`` seconds from its start,
-    ``image`` (H, W, 3) uint8 RGB and ``pred`` (the dict ``Fourm21Model.predict`` gives per image)."""
+    ``image`` (H, W, 3) uint8 RGB and ``pred`` (the dict ``Fourm21Model.predict`` gives per image, plus
+    ``track_ids`` (N,) when the video is tracked)."""
 
     index: int
     time_s: float
@@ -165,16 +175,21 @@ class FramePrediction:
 class VideoPredictions(Iterator[FramePrediction]):
     """What ``predict_video`` returns: an iterator of ``FramePrediction`` that reads the source only as far
     as it is consumed. ``name``, ``fps`` (0 if unknown), ``frame_count`` (None for a camera), ``width``,
-    ``height`` describe the source; ``close()`` (or a ``with`` block) releases it early."""
+    ``height`` describe the source; ``close()`` (or a ``with`` block) releases it early. With a
+    ``tracker`` (restarted here, so one can serve video after video) each batch's predictions pass
+    through it in frame order."""
 
     def __init__(self, model: Fourm21Model, reader: VideoReader, batch_size: int = 1,
-                 img_size: int | None = None) -> None:
+                 img_size: int | None = None, tracker: Tracker | None = None) -> None:
         self.reader = reader
         self.name, self.fps, self.frame_count = reader.name, reader.fps, reader.frame_count
         self.width, self.height = reader.width, reader.height
         self._frames = iter(reader)
         self._model, self._batch_size, self._img_size = model, batch_size, img_size
         self._ready: list[FramePrediction] = []
+        self.tracker = tracker
+        if tracker is not None:
+            tracker.start(reader.fps or 30.0)
 
     def __next__(self) -> FramePrediction:
         if not self._ready:
@@ -182,6 +197,8 @@ class VideoPredictions(Iterator[FramePrediction]):
             if not frames:
                 raise StopIteration
             preds = self._model._predict_batch([f.image for f in frames], self._img_size)
+            if self.tracker is not None:
+                preds = self.tracker(preds, [f.image for f in frames])
             self._ready = [FramePrediction(f.index, f.time_s, f.image, p) for f, p in zip(frames, preds)][::-1]
         return self._ready.pop()
 

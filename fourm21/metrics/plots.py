@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from fourm21.metrics.detection_errors import DetectionErrors, ImageErrors  # noqa: E402
 
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
                     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128],
@@ -66,7 +67,8 @@ def plot_loss_curves(metrics_csv: str | Path, out_file: str | Path) -> Path | No
     return Path(out_file)
 
 
-def plot_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str], out_file: str | Path) -> Path:
+def plot_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str], out_file: str | Path,
+                          title: str = "confusion matrix (val)") -> Path:
     """Row-normalised confusion matrix with counts in the cells."""
     m = matrix.cpu().numpy().astype(float)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
@@ -75,7 +77,7 @@ def plot_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str], out_
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
     ax.set_yticks(range(n), class_names)
-    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (val)")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     if n <= 20:
         for i in range(n):
             for j in range(n):
@@ -215,5 +217,49 @@ def plot_pr_curves(evaluators: list, class_names_per_set: list[Sequence[str]], o
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_file, dpi=110)
+    plt.close(fig)
+    return Path(out_file)
+
+
+def plot_detection_confusion(errors: DetectionErrors, out_file: str | Path, stage: str = "val") -> Path:
+    """The detection confusion matrix (classes + background) of ``fourm21.metrics.detection_errors``: the
+    background row holds false detections, the background column missed objects."""
+    kind = "boxes" if errors.iou_type == "bbox" else "masks"
+    title = f"{kind} ({stage})\nIoU >= {errors.iou_thr:g}, score >= {errors.score_thr:g}"
+    return plot_confusion_matrix(torch.as_tensor(errors.matrix), errors.class_names, out_file, title=title)
+
+
+def plot_worst_images(panels: Sequence[tuple[np.ndarray, dict[str, torch.Tensor], ImageErrors]],
+                      class_names: Sequence[str], out_file: str | Path, score_thr: float = 0.25) -> Path:
+    """A grid of the images with the most errors: each (H, W, 3) uint8 image with its predictions (original
+    pixels, at or above ``score_thr``, drawn as ``draw_prediction`` draws them), missed objects outlined
+    dashed red, false detections dashed black, wrong-class detections labelled with the true class."""
+    def name(k: int) -> str:
+        return class_names[k] if k < len(class_names) else str(k)
+
+    n = len(panels)
+    cols = min(4, max(n, 1))
+    rows = max(math.ceil(n / cols), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, pred, errs) in zip(axes.flat, panels):
+        draw_prediction(ax, image.astype(np.float32) / 255.0, pred, class_names, score_thr=score_thr)
+        for (x0, y0, x1, y1), true in errs.missed:
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="red", lw=1.6, ls="--"))
+            ax.text(x0, y1, f"missed {name(true)}", fontsize=6, color="white", va="top",
+                    bbox={"facecolor": "red", "alpha": 0.8, "pad": 0.5, "lw": 0})
+        for (x0, y0, x1, y1), _ in errs.false:
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="black", lw=1.4, ls="--"))
+            if len(errs.false) <= 10:  # beyond, the dashed outlines say it; labels would hide the image
+                ax.text(x1, y1, "false", fontsize=6, color="white", ha="right", va="top",
+                        bbox={"facecolor": "black", "alpha": 0.8, "pad": 0.5, "lw": 0})
+        for (_, _, x1, y1), true, _ in errs.confused:
+            ax.text(x1, y1, f"is {name(true)}", fontsize=6, color="black", ha="right", va="top",
+                    bbox={"facecolor": "yellow", "alpha": 0.85, "pad": 0.5, "lw": 0})
+        ax.set_title(f"image {errs.image_id}: {len(errs.missed)} missed, {len(errs.false)} false, "
+                     f"{len(errs.confused)} wrong class", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=130)
     plt.close(fig)
     return Path(out_file)

@@ -9,15 +9,19 @@ from typing import Any
 
 
 def write_report(run_dir: str | Path, metrics: dict[str, Any], title: str = "fourm21 report",
-                 notes: dict[str, Any] | None = None, sections: dict[str, str] | None = None) -> Path:
-    """Write ``report.json`` and ``report.md`` into ``run_dir``; returns the JSON path."""
+                 notes: dict[str, Any] | None = None, sections: dict[str, str] | None = None,
+                 details: dict[str, Any] | None = None) -> Path:
+    """Write ``report.json`` and ``report.md`` into ``run_dir``; returns the JSON path.
+
+    ``details`` (per-class tables, confusion matrices, ...) go into report.json beside the metrics but not
+    into report.md's metric table: the markdown shows them through ``sections``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     flat = {k: (float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v)
             for k, v in sorted(metrics.items())}
     path = run_dir / "report.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(flat, indent=2) + "\n")
+    tmp.write_text(json.dumps(dict(sorted({**flat, **(details or {})}.items())), indent=2) + "\n")
     tmp.replace(path)
     lines = [f"# {title}", ""]
     for key, value in (notes or {}).items():
@@ -43,4 +47,24 @@ def per_class_markdown(table: dict[str, list[float]], class_names: list[str]) ->
         name = class_names[i] if i < len(class_names) else str(i)
         rows.append(f"| {name} | {table['precision'][i]:.4f} | {table['recall'][i]:.4f} | {table['f1'][i]:.4f} "
                     f"| {int(table['support'][i])} |")
+    return "\n".join(rows)
+
+
+def per_class_ap_markdown(table: dict[str, dict[str, float]]) -> str:
+    """A markdown table: one row per class with COCO AP (IoU 0.5:0.95), AP50, AP75 and its instances."""
+    rows = ["| class | AP | AP50 | AP75 | instances |", "|---|---|---|---|---|"]
+    for name, row in table.items():
+        rows.append(f"| {name} | {row['ap']:.4f} | {row['ap50']:.4f} | {row['ap75']:.4f} | {int(row['instances'])} |")
+    return "\n".join(rows)
+
+
+def confusion_markdown(confusion: dict[str, Any]) -> str:
+    """A markdown table of a detection confusion matrix (``DetectionErrors.to_json``): rows the true class,
+    columns the predicted one; the background row counts false detections, its column missed objects."""
+    names = confusion["classes"]
+    rows = [f"IoU >= {confusion['iou_thr']:g}, score >= {confusion['score_thr']:g}; rows: true class, "
+            "columns: predicted class.", "", "| true \\ predicted | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|"]
+    for name, counts in zip(names, confusion["matrix"]):
+        rows.append(f"| {name} | " + " | ".join(str(int(c)) for c in counts) + " |")
     return "\n".join(rows)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fourm21"
 LAYER = {"errors": 0, "data": 1, "models": 2, "losses": 3, "metrics": 3, "inference": 4,
-         "engine": 5, "export": 5, "serve": 5, "api": 6, "__init__": 6, "configs": 0}
+         "engine": 5, "export": 5, "serve": 5, "hub": 5, "api": 6, "__init__": 6, "configs": 0}
 # models' heads compute their losses with losses/ (the head interface has ``loss``): the one sanctioned upward edge
 ALLOWED = {("models", "losses")}
 
