@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 from collections import Counter, OrderedDict
@@ -35,6 +34,7 @@ from torch.utils.data import Dataset
 
 from fourm21.data.clock import EpochClock
 from fourm21.data.images import SkipLog, check_policy, read_image, read_image_or_skip
+from fourm21.data.json_file import read_json
 from fourm21.data.mosaic import MosaicItem, mosaic4
 from fourm21.data.sample import IGNORE_INDEX, Sample
 from fourm21.data.transforms import apply_dense_transform, box_mask, masks_to_boxes_np
@@ -63,12 +63,7 @@ def load_coco(ann_file: str | Path) -> tuple[COCO, dict[str, int]]:
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise DatasetError(f"annotation file not found: {ann_file}")
-    try:
-        data = json.loads(ann_file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise DatasetError(f"{ann_file}: not a UTF-8 text file (is it a COCO JSON?)") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{ann_file}: not valid JSON ({e})") from None
+    data = read_json(ann_file, "a COCO JSON")
     repairs = check_coco(data, ann_file)
     coco = COCO()
     coco.dataset = data

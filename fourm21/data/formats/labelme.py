@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import math
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from fourm21.data.formats.records import (
     mask_instance,
     polygon_instance,
 )
+from fourm21.data.json_file import read_json
 from fourm21.errors import BadImageError, ConfigError, DatasetError
 
 SPLITS = ("train", "val", "test")
@@ -38,12 +38,7 @@ NOT_OBJECTS = ("line", "linestrip", "point", "points")
 
 
 def _load(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not a UTF-8 text file (is it a LabelMe JSON?)") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "a LabelMe JSON")
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
         raise DatasetError(f"{path}: not a LabelMe file (needs a 'shapes' list)")
     if not isinstance(data.get("imagePath"), str) or not data["imagePath"]:
