@@ -1,4 +1,4 @@
-"""CPU latency of the fourm21 network, batch 1, fp32: PyTorch eager, ONNX Runtime, ONNX Runtime int8.
+"""CPU latency of the fourm21 network, batch 1, fp32: PyTorch eager, ONNX Runtime, ONNX Runtime int8, OpenVINO.
 
 Prints one JSON line per (model, size, backend, stage); ``median_ms`` is the median of ``--runs``
 timed runs after ``--warmup`` untimed ones. Stages:
@@ -7,14 +7,18 @@ timed runs after ``--warmup`` untimed ones. Stages:
 - ``end2end``: forward + box decoding + NMS + instance masks at input size + semantic map + class
   probabilities, i.e. what ``model.predict`` returns, once per ``--max-det`` value. ``detections``
   says how many boxes (and masks) it produced: random weights keep all ``max_det`` of them;
-- ``end2end_graph`` (ONNX only): the ``fourm21-export end2end=true`` graph, with decoding and NMS
+- ``end2end_graph`` (ONNX and OpenVINO): the ``fourm21-export end2end=true`` graph, with decoding and NMS
   inside, plus the mask upsampling ``fourm21.load`` does. ``graph_detections`` is how many the graph
   returned (it has no ``max_det``; random weights put about all ``pre_nms_topk`` candidates there).
 
 Backends: ``eager`` (``net(x)``, ``decode(net(x))``, with ``x`` in the layout ``Fourm21Model.predict``
 feeds: channels-last on a CPU); ``onnx``, the graphs ``fourm21-export`` writes,
 in ONNX Runtime (``end2end``: the raw-output graph + ``fourm21.inference.decode``, as ``fourm21.load``
-runs a default ONNX export); ``int8``, the same graphs after ONNX Runtime dynamic quantisation.
+runs a default ONNX export); ``int8``, the same graphs after ONNX Runtime dynamic quantisation;
+``openvino``, the same two graphs converted to OpenVINO IR as ``fourm21-export format=openvino`` does, run
+by ``OpenVinoRunner`` (what ``fourm21.load`` runs) in OpenVINO's CPU plugin at f32 inference precision;
+``openvino_bf16``, the same at bf16 (OpenVINO's own default on CPUs with AMX / AVX-512 BF16; ``ov_precision``
+records what the plugin chose, f32 where the CPU has no bf16).
 When ``ultralytics`` is importable, YOLOv8n-seg built from its yaml (random weights, conv+BN fused as
 its predictor runs it) is timed in the same run as a reference; otherwise a line says it was skipped.
 
@@ -23,6 +27,7 @@ so a burst of other work on a shared machine slows them all alike; ``load_1m`` r
 
     python scripts/bench_cpu_latency.py                                   # model=lite, 320 and 640
     python scripts/bench_cpu_latency.py --models lite multitask --sizes 320 --backends eager onnx
+    python scripts/bench_cpu_latency.py --models multitask lite --sizes 320 --backends eager onnx openvino
     python scripts/bench_cpu_latency.py --ckpt runs/x/checkpoints/best.ckpt --sizes 320
     python scripts/bench_cpu_latency.py --sizes 64 --runs 3 --warmup 1 --overrides model.neck.channels=16
 """
@@ -47,7 +52,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BACKENDS = ("eager", "onnx", "int8")
+BACKENDS = ("eager", "onnx", "int8", "openvino", "openvino_bf16")
+OV_PRECISION = {"openvino": "f32", "openvino_bf16": "bf16"}
 Job = tuple[dict, Callable[[], object]]  # (the record to print, the call to time)
 
 
@@ -59,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     p.add_argument("--runs", type=int, default=15, help="timed runs per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
-    p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=int, default=2, help="torch, ONNX Runtime and OpenVINO intra-op threads")
     p.add_argument("--num-classes", type=int, default=80, help="object classes (80 = COCO, as YOLOv8n-seg)")
     p.add_argument("--num-image-classes", type=int, default=10, help="classes of the image-level head")
     p.add_argument("--max-det", nargs="+", type=int, default=[10, 100],
@@ -210,8 +216,16 @@ def jobs_ours(name: str | None, size: int, args: argparse.Namespace, workdir: Pa
     formats.export_onnx_end2end(model, e2e_path, size)
     base["export_s"] = round(time.perf_counter() - t0, 1)
     net.eval()  # the TorchScript exporter restores its (training-mode) wrapper's mode onto the network
+    irs: tuple[Path, Path] | None = None
     for backend in onnx_backends:
         graphs = (raw_path, e2e_path)
+        if backend in OV_PRECISION:
+            if irs is None:  # converted once for both precisions
+                irs = (out_dir / "model.xml", out_dir / "model_end2end.xml")
+                for graph, ir in zip((raw_path, e2e_path), irs):
+                    formats.onnx_to_openvino(graph, ir)
+            jobs += openvino_jobs(net, names, irs, x, {**base, "backend": backend}, args, OV_PRECISION[backend])
+            continue
         if backend == "int8":
             graphs = (quantize(raw_path, out_dir / "model_int8.onnx"),
                       quantize(e2e_path, out_dir / "model_end2end_int8.onnx"))
@@ -262,6 +276,45 @@ def onnx_jobs(net, names: list[str], graphs: tuple[Path, Path], x: torch.Tensor,
     jobs += end2end_jobs(net, {**base, "stage": "end2end", "size_mb": raw_mb}, end2end, args)
     graph_dets = len(sess_g.run(["det_scores"], feed)[0])
     jobs += end2end_jobs(net, {**base, "stage": "end2end_graph", "size_mb": graph_mb,
+                               "graph_detections": graph_dets}, end2end_graph, args)
+    return jobs
+
+
+def openvino_jobs(net, names: list[str], irs: tuple[Path, Path], x: torch.Tensor, base: dict,
+                  args: argparse.Namespace, precision: str) -> list[Job]:
+    """``onnx_jobs`` for the OpenVINO IRs of the same two graphs, run by ``OpenVinoRunner``."""
+    import openvino as ov
+
+    from fourm21.inference.decode import DecodeSettings, decode, split_images
+    from fourm21.inference.runners import OpenVinoRunner
+
+    raw_ir, e2e_ir = irs
+    size = tuple(x.shape[-2:])
+    feed = {"images": x.numpy()}
+    runner = OpenVinoRunner(raw_ir, names, precision, args.threads)
+    base = {**base, "openvino": ov.__version__.split("-")[0], "ov_precision": runner.precision}
+    with torch.inference_mode():
+        reference = {f"{t}.{k}": v for t, raw in net(x).items() for k, v in raw.items()}
+    got = runner.run(x)
+    request = runner.request_for(tuple(x.shape))  # what runner.run(x) used: compiled for this shape
+    diff = max(float((got[n] - reference[n]).abs().max()) for n in names)
+
+    def end2end() -> list[dict]:
+        return decode(runner(x), size, DecodeSettings.from_net(net))
+
+    runner_g = OpenVinoRunner(e2e_ir, None, precision, args.threads)
+
+    def end2end_graph() -> list[dict]:
+        return split_images(runner_g.run(x), x.shape[0], size, DecodeSettings.from_net(net))
+
+    def ir_mb(xml: Path) -> float:
+        return round((xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20, 2)
+
+    jobs: list[Job] = [({**base, "stage": "forward", "max_abs_diff": round(diff, 6), "size_mb": ir_mb(raw_ir)},
+                        lambda: request.infer(feed))]  # as ONNX Runtime's forward: numpy in, numpy out
+    jobs += end2end_jobs(net, {**base, "stage": "end2end", "size_mb": ir_mb(raw_ir)}, end2end, args)
+    graph_dets = len(runner_g.run(x)["det_scores"])
+    jobs += end2end_jobs(net, {**base, "stage": "end2end_graph", "size_mb": ir_mb(e2e_ir),
                                "graph_detections": graph_dets}, end2end_graph, args)
     return jobs
 

@@ -1,6 +1,7 @@
-"""fourm21-export: write a trained model as safetensors, ONNX or a torch.export program, then check it.
+"""fourm21-export: write a trained model as safetensors, ONNX, a torch.export program or OpenVINO IR, then check it.
 
     fourm21-export ckpt_path=runs/.../best.ckpt format=onnx
+    fourm21-export ckpt_path=runs/.../best.ckpt format=openvino   # IR converted from the ONNX graph
 
 Every export is run on a batch next to the PyTorch model; the differences of the raw outputs and
 whether decoding gives the same kept boxes go to ``export_report.json``.
@@ -38,6 +39,8 @@ def _size_mb(path: Path) -> float:
 def run_export(cfg: DictConfig) -> dict:
     if cfg.format not in formats.FORMATS:
         raise ConfigError(f"format: '{cfg.format}' is not one of {formats.FORMATS}")
+    if cfg.format == "openvino" and cfg.openvino_precision not in formats.OPENVINO_PRECISIONS:
+        raise ConfigError(f"openvino_precision: '{cfg.openvino_precision}' is not one of {formats.OPENVINO_PRECISIONS}")
     run_dir = run_dir_of(cfg)
     model = load(cfg.ckpt_path, "cpu")
     img_size = int(cfg.get("img_size") or model.img_size)
@@ -58,13 +61,22 @@ def run_export(cfg: DictConfig) -> dict:
             report.update(formats.export_onnx(model, out, img_size, int(cfg.opset), bool(cfg.dynamo)))
             report.update(formats.verify_onnx(model, out, images))
             report["nms_in_graph"] = False
+    elif cfg.format == "openvino":
+        out = export_dir / "model.xml"
+        precision = str(cfg.openvino_precision)
+        export_dir.mkdir(parents=True, exist_ok=True)
+        report.update(formats.export_openvino(model, out, img_size, int(cfg.opset), bool(cfg.dynamo),
+                                              bool(cfg.end2end)))
+        formats.write_model_card(model, export_dir, img_size, report["output_names"],
+                                 {"openvino_precision": precision})
+        report.update(formats.verify_openvino(model, out, images, precision))
     else:
         formats.write_model_card(model, export_dir, img_size, formats.output_names(model.net, img_size))
         out = export_dir / "model.pt2"
         report.update(formats.export_torch(model, out, img_size))
         report.update(formats.verify_torch(model, out, images))
     report["path"] = str(export_dir)
-    report["size_mb"] = _size_mb(out)
+    report["size_mb"] = round(_size_mb(out) + (_size_mb(out.with_suffix(".bin")) if out.suffix == ".xml" else 0.0), 3)
     report["dynamic_batch"] = cfg.format != "safetensors"
     (run_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"exported {cfg.format}: {out} ({report['size_mb']} MB); load it with fourm21.load('{export_dir}')")

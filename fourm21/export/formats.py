@@ -1,8 +1,10 @@
-"""Export a trained network: safetensors directory, ONNX (checked with onnxruntime), torch.export .pt2."""
+"""Export a trained network: safetensors directory, ONNX (checked with onnxruntime), torch.export .pt2,
+OpenVINO IR (converted from the ONNX graph, checked with OpenVINO's CPU plugin)."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,14 @@ from fourm21.inference.decode import decode
 from fourm21.inference.loading import load
 from fourm21.inference.model import Fourm21Model
 from fourm21.inference.raw_outputs import RawOutputs, output_names, restore_outputs
+from fourm21.inference.runners import OpenVinoRunner
 
-FORMATS = ("safetensors", "onnx", "torch_export")
+FORMATS = ("safetensors", "onnx", "torch_export", "openvino")
+OPENVINO_PRECISIONS = ("f32", "bf16")  # the CPU plugin's inference precision
 
 
 def write_model_card(model: Fourm21Model, out_dir: Path, img_size: int | None = None,
-                     output_names: list[str] | None = None) -> None:
+                     output_names: list[str] | None = None, extra_meta: dict | None = None) -> None:
     """``config.yaml`` (model config + inference meta) and ``classes.json``: what every export directory
     needs besides the network itself, so ``fourm21.load(out_dir)`` can decode its outputs without one:
     the tuned multi-label thresholds, the semantic ``label_stride``, a graph's output names."""
@@ -36,6 +40,7 @@ def write_model_card(model: Fourm21Model, out_dir: Path, img_size: int | None = 
         meta["sem_label_stride"] = int(model.settings.sem_label_stride)
     if output_names:
         meta["output_names"] = list(output_names)
+    meta.update(extra_meta or {})
     (out_dir / "config.yaml").write_text(yaml.safe_dump({"model": model.model_config, "meta": meta}, sort_keys=False))
     (out_dir / "classes.json").write_text(json.dumps({"class_names": model.class_names,
                                                       "image_class_names": model.image_class_names}, indent=1))
@@ -142,6 +147,11 @@ def verify_onnx_end2end(model: Fourm21Model, path: Path, images: torch.Tensor) -
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     got = dict(zip(names, (torch.from_numpy(np.asarray(a)) for a in session.run(names, {"images": images.numpy()}))))
+    return compare_end2end(model, got, images)
+
+
+def compare_end2end(model: Fourm21Model, got: dict[str, torch.Tensor], images: torch.Tensor) -> dict:
+    """An end-to-end graph's outputs ``got`` on ``images`` vs the PyTorch model's decoded predictions."""
     with torch.no_grad():
         ref = decode(model.net.cpu().eval()(images), tuple(images.shape[-2:]), model.settings)
     same, diff = True, 0.0
@@ -200,3 +210,74 @@ def verify_safetensors(model: Fourm21Model, directory: Path, images: torch.Tenso
         theirs = list(RawOutputs(again.net, names)(images))
         ours = list(RawOutputs(model.net.cpu().eval(), names)(images))
     return compare_outputs(model, names, ours, theirs, tuple(images.shape[-2:]))
+
+
+def empty_constants_as_computed(graph_proto) -> int:
+    """Rewrite every ``Constant`` holding an empty tensor (in ``graph_proto`` and its subgraphs) as
+    ``ConstantOfShape``, in place; returns how many. OpenVINO 2026.4's ONNX reader turns an empty Constant
+    that an ``If`` branch returns into a scalar 0, so torchvision's NMS guard for "no boxes" (that
+    branch) made the end-to-end graph return one phantom detection where there is none."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    count = 0
+    for node in list(graph_proto.node):
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                count += empty_constants_as_computed(attr.g)
+            for sub in attr.graphs:
+                count += empty_constants_as_computed(sub)
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is None or 0 not in value.dims:
+            continue
+        empty = numpy_helper.to_array(value)
+        shape = helper.make_node("Constant", [], [f"{node.output[0]}__shape"],
+                                 value=numpy_helper.from_array(np.array(empty.shape, dtype=np.int64)))
+        filled = helper.make_node("ConstantOfShape", [shape.output[0]], [node.output[0]],
+                                  value=numpy_helper.from_array(np.zeros(1, dtype=empty.dtype)))
+        at = list(graph_proto.node).index(node)
+        graph_proto.node.remove(node)
+        graph_proto.node.insert(at, filled)
+        graph_proto.node.insert(at, shape)
+        count += 1
+    return count
+
+
+def onnx_to_openvino(onnx_path: Path, xml_path: Path) -> dict:
+    """An ONNX graph -> OpenVINO IR (``model.xml`` + ``model.bin``) with fp32 weights (the IR's default,
+    fp16 weights, would shift the outputs that the export check compares)."""
+    import onnx
+    import openvino as ov
+
+    proto = onnx.load(str(onnx_path))
+    rewritten = empty_constants_as_computed(proto.graph)
+    with tempfile.TemporaryDirectory(prefix="fourm21_openvino_") as tmp:
+        onnx.save(proto, str(Path(tmp) / "model.onnx"))
+        ov.save_model(ov.convert_model(str(Path(tmp) / "model.onnx")), str(xml_path), compress_to_fp16=False)
+    return {"openvino": ov.__version__.split("-")[0], "empty_constants_rewritten": rewritten}
+
+
+def export_openvino(model: Fourm21Model, xml_path: Path, img_size: int, opset: int = 18, dynamo: bool = True,
+                    end2end: bool = False) -> dict:
+    """OpenVINO IR converted from the ONNX graph ``export_onnx`` (or, ``end2end``, ``export_onnx_end2end``)
+    writes: the same input ``images`` (B, 3, S, S) with a dynamic batch and the same output names."""
+    with tempfile.TemporaryDirectory(prefix="fourm21_openvino_") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        report = export_onnx_end2end(model, onnx_path, img_size, opset) if end2end else \
+            {**export_onnx(model, onnx_path, img_size, opset, dynamo), "nms_in_graph": False}
+        report.update(onnx_to_openvino(onnx_path, xml_path))
+    return report
+
+
+def verify_openvino(model: Fourm21Model, xml_path: Path, images: torch.Tensor, precision: str = "f32") -> dict:
+    """The IR in OpenVINO's CPU plugin at ``precision`` vs PyTorch: raw outputs and kept boxes, or, for an
+    end-to-end IR, the checks of ``verify_onnx_end2end``."""
+    runner = OpenVinoRunner(xml_path, precision=precision)
+    got = runner.run(images)
+    report: dict[str, Any] = {"openvino_precision": runner.precision}
+    if runner.decoded:
+        return {**report, **compare_end2end(model, got, images)}
+    names = output_names(model.net, images.shape[-1])
+    with torch.no_grad():
+        ours = list(RawOutputs(model.net.cpu().eval(), names)(images))
+    return {**report, **compare_outputs(model, names, ours, [got[n] for n in names], tuple(images.shape[-2:]))}

@@ -2,8 +2,9 @@
 
 An export directory holds config.yaml (model config + inference meta, with the decode settings' tuned
 values and the graph's output names), classes.json, and one of model.safetensors (rebuilt exactly in
-PyTorch, no pickle), model.onnx (ONNX Runtime) or model.pt2 (a torch.export program). ONNX and .pt2 run
-without a PyTorch network: decoding reads its settings from the config.
+PyTorch, no pickle), model.onnx (ONNX Runtime), model.pt2 (a torch.export program) or model.xml + model.bin
+(OpenVINO IR, run by OpenVINO's CPU plugin at the config's ``openvino_precision``). ONNX, .pt2 and OpenVINO
+run without a PyTorch network: decoding reads its settings from the config.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fourm21.errors import CheckpointError
 from fourm21.inference.checkpoints import load_checkpoint, load_state
 from fourm21.inference.decode import DecodeSettings
 from fourm21.inference.model import Fourm21Model
-from fourm21.inference.runners import ExportedProgramRunner, OnnxRunner
+from fourm21.inference.runners import ExportedProgramRunner, OnnxRunner, OpenVinoRunner
 from fourm21.models.multitask import build_model
 
 
@@ -55,8 +56,12 @@ def load_exported(directory: Path, device: str | torch.device = "cpu") -> Fourm2
         if not meta.get("output_names"):
             raise CheckpointError(f"{directory / 'config.yaml'}: meta.output_names is missing (export it again)")
         runner = ExportedProgramRunner(directory / "model.pt2", meta["output_names"], device)
+    elif (directory / "model.xml").is_file():
+        runner = OpenVinoRunner(directory / "model.xml", meta.get("output_names"),
+                                str(meta.get("openvino_precision") or "f32"))
     else:
-        raise CheckpointError(f"exported model directory {directory} lacks model.safetensors, model.onnx or model.pt2")
+        raise CheckpointError(f"exported model directory {directory} lacks model.safetensors, model.onnx, "
+                              "model.pt2 or model.xml")
     if "sem_label_stride" in meta:  # what the end-to-end graph was exported with
         settings = settings.with_overrides(sem_label_stride=int(meta["sem_label_stride"]))
     return Fourm21Model(runner, model_cfg, meta, settings, None, device)

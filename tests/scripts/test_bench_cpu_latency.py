@@ -44,10 +44,10 @@ def test_eager_lines_and_the_yolo_reference_or_its_skip_message():
         check_timing(yolo[0])
 
 
-def test_onnx_runtime_and_int8_lines():
-    lines = bench("--backends", "onnx", "int8", "--no-yolo", "--overrides", "model.neck.channels=16")
+def test_onnx_runtime_int8_and_openvino_lines():
+    lines = bench("--backends", "onnx", "int8", "openvino", "--no-yolo", "--overrides", "model.neck.channels=16")
     assert not any(r.get("model") == "yolov8n-seg" for r in lines)
-    for backend in ("onnx", "int8"):
+    for backend in ("onnx", "int8", "openvino"):
         ours = [r for r in lines if r.get("backend") == backend]
         assert {r["stage"] for r in ours} == {"forward", "end2end", "end2end_graph"}, lines
         for r in ours:
@@ -55,5 +55,7 @@ def test_onnx_runtime_and_int8_lines():
             assert r["size"] == 64 and r["export_s"] > 0 and r["size_mb"] > 0
         graph = next(r for r in ours if r["stage"] == "end2end_graph")
         assert graph["detections"] <= min(5, graph["graph_detections"])
-    fp32 = next(r for r in lines if r.get("backend") == "onnx" and r["stage"] == "forward")
-    assert fp32["max_abs_diff"] < 1e-3  # the fp32 graph computes what the PyTorch network does
+    for backend in ("onnx", "openvino"):
+        fp32 = next(r for r in lines if r.get("backend") == backend and r["stage"] == "forward")
+        assert fp32["max_abs_diff"] < 1e-3  # the fp32 graph computes what the PyTorch network does
+    assert {r["ov_precision"] for r in lines if r.get("backend") == "openvino"} == {"f32"}
