@@ -68,11 +68,12 @@ def test_eval_config_composes():
 def test_every_experiment_composes_and_builds(experiment):
     cfg = _compose(overrides=[f"experiment={experiment}"])
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    if model_cfg["heads"]["cls"]["enabled"] and model_cfg["heads"]["cls"]["num_classes"] is None:
-        model_cfg["heads"]["cls"]["num_classes"] = 4  # fourm21-train counts the image classes of the data
+    for head in ("cls", "det", "sem", "mlc"):  # class counts fourm21-train reads from the training data
+        if model_cfg["heads"][head]["enabled"] and model_cfg["heads"][head]["num_classes"] is None:
+            model_cfg["heads"][head]["num_classes"] = 4
     if model_cfg["heads"]["attr"]["enabled"] and not model_cfg["heads"]["attr"]["groups"]:
         # fourm21-train reads the class count of each group from the training CSV
-        model_cfg["heads"]["attr"]["groups"] = {g: 3 for g in cfg.data.groups}
+        model_cfg["heads"]["attr"]["groups"] = {g: 3 for g in cfg.data.groups or ("scene", "count")}
     model = build_model(model_cfg)
     enabled = {k for k, h in cfg.model.heads.items() if h.enabled}
     assert set(model.heads) == enabled

@@ -56,10 +56,20 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 
 
 def fill_from_data(cfg: DictConfig, datamodule) -> None:
-    """Head sizes and class lists the config leaves to the data (``data.num_image_classes: null``,
-    ``model.heads.attr.groups`` / ``data.groups: null``, ``data.class_ids`` / ``data.num_labels: null``) are
-    read from the training sets and written into ``cfg`` (so config.yaml records them; the class lists reach
-    the checkpoint's meta from the val sets, which read them from the training CSV)."""
+    """Head sizes and class lists the config leaves to the data (``data.num_classes: null``,
+    ``data.num_image_classes: null``, ``model.heads.attr.groups`` / ``data.groups: null``, ``data.class_ids`` /
+    ``data.num_labels: null``) are read from the training sets and written into ``cfg`` (so config.yaml records
+    them; the class lists reach the checkpoint's meta from the val sets, which read them from the training CSV)."""
+    dense = [n for n in ("det", "inst", "sem") if (cfg.model.heads.get(n) or {}).get("enabled")]
+    if dense and "num_classes" in cfg.data and cfg.data.num_classes is None:  # data=yolo / voc: the converted names
+        datamodule.setup("fit")
+        names = next((ds.class_names for ds in datamodule.train_sets.values()
+                      if getattr(ds, "class_names", None)), None)
+        if not names:
+            raise ConfigError(f"data.num_classes is null but no training data set names its object classes "
+                              f"(heads {', '.join(dense)}); set data.num_classes=N")
+        with open_dict(cfg):
+            cfg.data.num_classes = len(names)
     cls = cfg.model.heads.get("cls")
     if cls is not None and cls.get("enabled") and cfg.data.get("num_image_classes", 0) is None:
         datamodule.setup("fit")

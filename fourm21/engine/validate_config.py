@@ -150,6 +150,8 @@ def _check_heads(cfg: DictConfig) -> None:
             continue  # data.num_image_classes: null is read from the training set's class folders
         if name == "mlc" and head.get("num_classes") is None and cfg.data.get("num_labels", 0) is None:
             continue  # data.num_labels: null is read from the training CSV's class ids
+        if name in ("det", "sem") and head.get("num_classes") is None and cfg.data.get("num_classes", 0) is None:
+            continue  # data.num_classes: null is read from the training set's categories (data=yolo, data=voc)
         if "num_classes" in head:
             _number(head.num_classes, f"model.heads.{name}.num_classes", integer=True)
             if head.num_classes < 1:

@@ -134,3 +134,20 @@ def test_ground_truth_is_drawn_at_the_image_size(shapes_root, tmp_path):
     assert [line.split(":")[0] for line in lines] == ["scene", "main_shape", "count"]
     out = plot_ground_truth([(sample, ds), (attrs[0], attrs)], tmp_path / "grid.png")
     assert out.is_file()
+
+
+def test_check_on_a_yolo_folder_converts_it_and_counts_its_labels(tmp_path):
+    from tests.data.test_data_formats_train import coco128_seg_like
+
+    src = coco128_seg_like(tmp_path / "datasets", n=3)  # 1, 2 and 3 objects: person; person, bicycle; all three
+    run_dir = tmp_path / "run"
+    res = data_cli(["check", "data=yolo", f"data.root={src}", f"paths.data_dir={tmp_path / 'data'}",
+                    f"hydra.run.dir={run_dir}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((run_dir / "data_report.json").read_text())
+    for split in ("train", "val"):  # coco128's val is its train folder
+        assert {k: report[split][k] for k in ("images", "instances", "empty_images")} == \
+            {"images": 3, "instances": 6, "empty_images": 0}
+        assert report[split]["per_class"] == {"person": 3, "bicycle": 2, "car": 1}
+    assert table_rows(res.stdout)["train"][:3] == ["3", "6", "0"]
+    assert (run_dir / "data_boxes.png").is_file()
