@@ -127,6 +127,7 @@ def test_the_cache_is_kept_until_the_labels_or_options_change(tmp_path):
     assert cached.ensure_converted("yolo", None, cache, yaml_file=yaml_file) != out
 
 
+@pytest.mark.slow  # the VOC reader: tests/data/formats; the cached-conversion training path: the YOLO test
 def test_voc_folder_trains_and_evaluates(tmp_path):
     src = voc_like(tmp_path / "voc")
     out = cached.cache_path("voc", src, tmp_path / "data" / "converted")
@@ -141,6 +142,7 @@ def test_voc_folder_trains_and_evaluates(tmp_path):
     score_with_pycocotools(report, out / "annotations/instances_val2017.json", ev / "predictions")
 
 
+@pytest.mark.slow  # the ImageFolder data set and experiment are covered by tests/data/test_image_folder.py
 def test_imagefolder_trains_and_evaluates(tmp_path):
     src = tree(tmp_path / "tree", per_class=2)
     data = ["experiment=image_folder", "data=imagefolder", f"data.root={src}", "data.img_size=32",
