@@ -37,7 +37,7 @@ from fourm21.data.images import SkipLog, check_policy, read_image, read_image_or
 from fourm21.data.json_file import read_json
 from fourm21.data.mosaic import MosaicItem, mosaic4
 from fourm21.data.sample import IGNORE_INDEX, Sample
-from fourm21.data.transforms import apply_dense_transform, box_mask, masks_to_boxes_np
+from fourm21.data.transforms import apply_dense_transform, box_mask, masks_to_boxes_np, without_letterbox
 from fourm21.errors import BadImageError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,7 @@ class CocoDataset(Dataset):
         if not isinstance(mosaic_buffer, int) or mosaic_buffer < 0:
             raise DatasetError(f"{self.ann_file}: mosaic_buffer must be an integer >= 0 images, got {mosaic_buffer!r}")
         self.mosaic_buffer = mosaic_buffer
+        self._mosaic_transform: tuple | None = None  # (transform, it less its letterbox ops): a mosaic is square
         self._recent: OrderedDict[int, tuple] = OrderedDict()  # image id -> raw, the last mosaic_buffer decoded
         if self.mosaic > 0 and not self.mosaic_size:
             raise DatasetError(f"{self.ann_file}: mosaic needs mosaic_size (the pipeline has no LongestMaxSize)")
@@ -260,6 +261,8 @@ class CocoDataset(Dataset):
         """
         if self._cache is not None and image_id in self._cache:
             return self._remember(image_id, self._cache[image_id])
+        if image_id in self._recent:  # still in the mosaic buffer: decoded already (as YOLO's buffer serves it)
+            return self._remember(image_id, self._recent[image_id])
         info = self.coco.imgs[image_id]
         path = self.img_dir / info["file_name"]
         h, w = info["height"], info["width"]
@@ -402,7 +405,10 @@ class CocoDataset(Dataset):
         items = [MosaicItem(r[0], r[3], r[2], r[4]) for r in raws]
         mos = mosaic4(items, self.mosaic_size, rng)
         boxes, _ = masks_to_boxes_np(mos.masks)
-        out = apply_dense_transform(self.transform, mos.image, boxes, mos.masks, mos.semantic, valid=mos.valid)
+        if self._mosaic_transform is None or self._mosaic_transform[0] is not self.transform:  # on first use
+            self._mosaic_transform = (self.transform, without_letterbox(self.transform))
+        out = apply_dense_transform(self._mosaic_transform[1], mos.image, boxes, mos.masks, mos.semantic,
+                                    valid=mos.valid)
         image_id = self.ids[index]
         sample = self._sample(out, mos.labels, image_id, mos.image.shape[:2], 1.0)
         sample["meta"]["mosaic"] = [image_id, *others]

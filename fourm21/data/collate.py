@@ -48,8 +48,9 @@ def _batched(t: Target, samples: list[Sample], images: torch.Tensor, instances: 
         groups = sorted({g for s in samples for g in s.get(t.key, {})})
         return {g: torch.tensor([s.get(t.key, {}).get(g, t.fill) for s in samples], dtype=torch.long)
                 for g in groups}
-    if t.kind == "dense":
-        out = torch.full((b, h, w), int(t.fill), dtype=torch.long)
+    if t.kind == "dense":  # uint8 labels (the data sets' own) stay bytes: the loss and metrics take them as long
+        dtypes = {v.dtype for v in present}
+        out = torch.full((b, h, w), int(t.fill), dtype=dtypes.pop() if len(dtypes) == 1 else torch.long)
     elif t.kind == "vector":
         out = torch.full((b, len(present[0]) if present else 0), float(t.fill))
     elif t.kind == "sequence":

@@ -7,7 +7,7 @@ Keys (all optional except ``image`` and ``meta``):
     box_labels (N,) int64, contiguous detection class ids (0-based)
     masks     (N, h, w) instance masks aligned with ``boxes``, at the resolution the mask loss uses:
               bool at (H, W), or float cell coverage in [0, 1] at (H/s, W/s) (``mask_stride`` s)
-    semantic  (H, W) int64, 0 = background, k = detection class k-1, 255 = ignore
+    semantic  (H, W) uint8 (or int64), 0 = background, k = detection class k-1, 255 = ignore
     attributes {group: int}, a class index per attribute group, -1 = missing
     labels    (C,) float multi-hot, for the multi-label head
     caption   str, with caption_tokens (T,) int64 hashed word ids (fourm21.data.text)

@@ -110,7 +110,7 @@ def semantic_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tenso
     if dice_classes not in DICE_CLASSES:
         raise ValueError(f"dice_classes must be one of {DICE_CLASSES}, got '{dice_classes}'")
     num_classes = logits.shape[1]
-    target = reduce_labels(target[valid], loss_stride, num_classes, label_reduction)
+    target = reduce_labels(target[valid].long(), loss_stride, num_classes, label_reduction)
     logits = logits[valid].float()
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)

@@ -27,7 +27,7 @@ class SegmentationMetrics:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """pred, target: (N, H, W) class ids."""
         if len(target):
-            pred, target = pred.cpu().flatten(), target.cpu().flatten()
+            pred, target = pred.cpu().flatten().long(), target.cpu().flatten().long()
             for m in (self.iou, self.dice, self.pixel_acc):
                 m.update(pred, target)
             self.count += 1
