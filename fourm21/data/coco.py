@@ -37,7 +37,7 @@ from fourm21.data.images import SkipLog, check_policy, read_image, read_image_or
 from fourm21.data.json_file import read_json
 from fourm21.data.mosaic import MosaicItem, mosaic4
 from fourm21.data.sample import IGNORE_INDEX, Sample
-from fourm21.data.transforms import apply_dense_transform, box_mask, masks_to_boxes_np, without_letterbox
+from fourm21.data.transforms import apply_dense_transform, box_mask, to_chw, without_letterbox
 from fourm21.errors import BadImageError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -404,10 +404,9 @@ class CocoDataset(Dataset):
             raws = [raw] + [self._load_raw(i) or raw for i in others]  # a skipped image: the primary again
         items = [MosaicItem(r[0], r[3], r[2], r[4]) for r in raws]
         mos = mosaic4(items, self.mosaic_size, rng)
-        boxes, _ = masks_to_boxes_np(mos.masks)
         if self._mosaic_transform is None or self._mosaic_transform[0] is not self.transform:  # on first use
             self._mosaic_transform = (self.transform, without_letterbox(self.transform))
-        out = apply_dense_transform(self._mosaic_transform[1], mos.image, boxes, mos.masks, mos.semantic,
+        out = apply_dense_transform(self._mosaic_transform[1], mos.image, None, mos.masks, mos.semantic,
                                     valid=mos.valid)
         image_id = self.ids[index]
         sample = self._sample(out, mos.labels, image_id, mos.image.shape[:2], 1.0)
@@ -418,7 +417,7 @@ class CocoDataset(Dataset):
                 scale: float) -> Sample:
         size = out["image"].shape[:2]
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))).float(),
+            "image": to_chw(out["image"]),
             "boxes": torch.from_numpy(out["boxes"]).float(),
             "box_labels": torch.from_numpy(labels[out["keep"]]).long(),
             "masks": mask_coverage(out["masks"] if out["masks"] is not None else np.zeros((0, *size), dtype=bool),

@@ -25,13 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from fourm21.data.images import SkipLog, check_policy, read_image_or_skip
 from fourm21.data.sample import Sample
 from fourm21.data.text import tokenize
+from fourm21.data.transforms import transformed_image
 from fourm21.errors import DatasetError
 
 MISSING = -1
@@ -153,8 +153,7 @@ class AttributeDataset(Dataset):
         image = read_image_or_skip(self.image_dir / row[self.image_col], self.on_bad_image, self.skip_log)
         if image is None:
             return None
-        out = self.transform(image=image)["image"] if self.transform is not None else image.astype(np.float32) / 255
-        return {"image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float(),
+        return {"image": transformed_image(self.transform, image),
                 "attributes": {g: self.index[g].get(row.get(g, ""), MISSING) for g in self.groups},
                 "meta": {"image_id": i, "source": self.source, "file_name": row[self.image_col],
                          "orig_size": image.shape[:2]}}
@@ -218,9 +217,8 @@ class MultiLabelCaptionDataset(Dataset):
         image = read_image_or_skip(self.image_dir / row[id_col], self.on_bad_image, self.skip_log)
         if image is None:
             return None
-        out = self.transform(image=image)["image"] if self.transform is not None else image.astype(np.float32) / 255
         sample: Sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float(),
+            "image": transformed_image(self.transform, image),
             "caption": row[caption_col],
             "caption_tokens": tokenize(row[caption_col], self.num_buckets, self.max_tokens),
             "meta": {"image_id": i, "source": self.source, "file_name": row[id_col], "orig_size": image.shape[:2]},

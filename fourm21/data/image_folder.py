@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from fourm21.data.images import IMAGE_SUFFIXES, SkipLog, check_policy, read_image_or_skip
 from fourm21.data.sample import Sample
+from fourm21.data.transforms import transformed_image
 from fourm21.errors import DatasetError
 
 LAYOUT = "root/train/<class>/*.jpg and root/val/<class>/*.jpg"
@@ -90,9 +90,9 @@ class ImageFolderDataset(Dataset):
         image = read_image_or_skip(self.files[index], self.on_bad_image, self.skip_log)
         if image is None:
             return None
-        out = self.transform(image=image)["image"] if self.transform is not None else image.astype(np.float32) / 255
-        return {"image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float(),
+        out = transformed_image(self.transform, image)
+        return {"image": out,
                 "label": int(self.labels[index]),
                 "meta": {"image_id": index, "source": self.source, "orig_size": image.shape[:2],
-                         "scale": out.shape[0] / image.shape[0],
+                         "scale": out.shape[1] / image.shape[0],
                          "file_name": self.files[index].relative_to(self.split_dir).as_posix()}}

@@ -97,12 +97,14 @@ def mosaic4(items: Sequence[MosaicItem], size: int, rng: np.random.Generator, fi
             total = np.array([np.count_nonzero(m) for m in it.masks]) * (h * w / (h0 * w0))  # area once resized
             keep = (seen > 0) & (seen >= min_visibility * total)
             if keep.any():
-                placed = np.zeros((int(keep.sum()), s, s), dtype=bool)
-                placed[(slice(None), *dst)] = part[keep]
-                masks_out.append(placed)
+                masks_out.append((part[keep], dst))
                 labels_out.append(np.asarray(it.labels)[keep])
                 sources.append(np.full(int(keep.sum()), k))
-    masks = np.concatenate(masks_out) if masks_out else np.zeros((0, s, s), dtype=bool)
+    masks = np.zeros((sum(len(p) for p, _ in masks_out), s, s), dtype=bool)  # one allocation, no concatenation
+    row = 0
+    for part, dst in masks_out:
+        masks[(slice(row, row + len(part)), *dst)] = part
+        row += len(part)
     labels = np.concatenate(labels_out).astype(np.int64) if labels_out else np.zeros(0, dtype=np.int64)
     src_idx = np.concatenate(sources).astype(np.int64) if sources else np.zeros(0, dtype=np.int64)
     return MosaicOut(image, masks, labels, semantic, valid, src_idx)

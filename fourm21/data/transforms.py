@@ -2,6 +2,10 @@
 
 Detection-kind pipelines letterbox the image (longest side to ``img_size``, padded at the
 bottom/right), so predictions map back to the original image by a single ``scale``.
+
+Pipelines hand out uint8 pixels: a byte image is a quarter of a float one to collate, to pass from a
+DataLoader worker and to copy to a GPU. ``normalize_images`` makes them the network's float input where
+they are used (the backbone calls it), as YOLO-style trainers divide on the device.
 """
 
 from __future__ import annotations
@@ -18,6 +22,28 @@ from fourm21.data.sample import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_images(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """(..., 3, H, W) uint8 pixels -> float ``(x / 255 - mean) / std``, on the images' device; a float tensor is
+    taken as normalised already and returned as it is (exports and ``Letterbox`` feed floats)."""
+    if images.dtype != torch.uint8:
+        return images
+    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(3, 1, 1) * 255.0
+    return images.float().sub_(m).div_(s)
+
+
+def to_chw(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) array -> (3, H, W) tensor of its dtype (uint8 from the pipelines here)."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def transformed_image(transform: A.Compose | None, image: np.ndarray) -> torch.Tensor:
+    """An image-level pipeline (``build_classification_transform``; None: the image as it is) on an (H, W, 3)
+    uint8 image -> (3, H, W) tensor."""
+    return to_chw(transform(image=image)["image"] if transform is not None else image)
 
 
 def pipeline_seed() -> int:
@@ -81,9 +107,8 @@ def reseed_worker_transforms(worker_id: int) -> None:
 
 def build_dense_transform(img_size: int, train: bool, hflip: float = 0.5, scale: Sequence[float] = (0.9, 1.1),
                           translate: float = 0.05, rotate: float = 0.0, affine_p: float = 0.5,
-                          color_jitter: float = 0.2, mean: Sequence[float] = IMAGENET_MEAN,
-                          std: Sequence[float] = IMAGENET_STD) -> A.Compose:
-    """Pipeline for images with boxes, instance masks and a semantic mask (COCO-style data).
+                          color_jitter: float = 0.2) -> A.Compose:
+    """Pipeline for images with boxes, instance masks and a semantic mask (COCO-style data); uint8 out.
 
     Semantic padding is IGNORE_INDEX so metrics and losses skip the letterbox border.
     """
@@ -101,7 +126,6 @@ def build_dense_transform(img_size: int, train: bool, hflip: float = 0.5, scale:
         if color_jitter > 0:
             ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
                                      hue=min(0.5, color_jitter / 4), p=0.8))
-    ops.append(A.Normalize(mean=tuple(mean), std=tuple(std)))
     # No BboxParams: boxes are the tight boxes of the transformed masks (``apply_dense_transform``), so
     # albumentations' per-op box bookkeeping (half the time of this pipeline at 64 px) would be thrown away.
     return A.Compose(ops, additional_targets=DENSE_TARGETS, seed=pipeline_seed(), save_applied_params=True)
@@ -114,7 +138,12 @@ def without_letterbox(pipeline: A.Compose) -> A.Compose:
     ops = list(pipeline.transforms)
     while ops and isinstance(ops[0], (A.LongestMaxSize, A.PadIfNeeded)):
         ops.pop(0)
-    return A.Compose(ops, additional_targets=DENSE_TARGETS, seed=pipeline_seed(), save_applied_params=True)
+    nodes = _random_nodes(pipeline)
+    states = [(node.random_generator, node.py_random) for node in nodes]
+    sub = A.Compose(ops, additional_targets=DENSE_TARGETS, save_applied_params=True)
+    for node, (generator, py_random) in zip(nodes, states):  # Compose re-seeds what it holds: a sample's own
+        node.random_generator, node.py_random = generator, py_random  # seeds (``seed_pipeline``) stay
+    return sub
 
 
 DENSE_TARGETS = {"semantic": "mask", "valid": "mask"}  # masks besides the instances' (``masks``)
@@ -137,7 +166,7 @@ def _area_scale(out: dict, in_shape: tuple[int, int]) -> float:
     return factor
 
 
-def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None,
+def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.ndarray | None, masks: np.ndarray | None,
                           semantic: np.ndarray | None, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Run ``transform`` on the image, the instance masks and the semantic mask, and derive the boxes.
 
@@ -145,9 +174,10 @@ def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.nda
     mosaic) become IGNORE_INDEX in the semantic target, as the letterbox and affine borders do.
 
     Boxes come back as the tight boxes of the transformed masks, so a rotation does not inflate them
-    (``masks`` None: the boxes are rasterised as masks first). An instance that keeps less than
-    MIN_VISIBILITY of its area, scaled by the pipeline's geometry (``_area_scale``), is dropped.
-    Returns image (H, W, 3) float32, boxes (N, 4), keep (N,) indices into the input, masks
+    (``masks`` None: ``boxes`` are rasterised as masks first; with masks, ``boxes`` is not read). An
+    instance that keeps less than MIN_VISIBILITY of its area, scaled by the pipeline's geometry
+    (``_area_scale``), is dropped.
+    Returns image (H, W, 3) uint8, boxes (N, 4), keep (N,) indices into the input, masks
     (N, H, W) bool or None, semantic (H, W) uint8 or None.
     """
     h, w = image.shape[:2]
@@ -204,10 +234,8 @@ def masks_to_boxes_np(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_classification_transform(img_size: int, train: bool, hflip: float = 0.5, crop_padding: int = 4,
-                                   rotate: float = 0.0, color_jitter: float = 0.0,
-                                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-                                   ) -> A.Compose:
-    """Pipeline for image-level labels only (CIFAR-style): resize, pad-and-crop, flip, rotate, jitter."""
+                                   rotate: float = 0.0, color_jitter: float = 0.0) -> A.Compose:
+    """Pipeline for image-level labels only (CIFAR-style): resize, pad-and-crop, flip, rotate, jitter; uint8 out."""
     ops: list[A.BasicTransform] = [A.Resize(img_size, img_size, interpolation=cv2.INTER_LINEAR)]
     if train:
         if crop_padding > 0:
@@ -221,5 +249,4 @@ def build_classification_transform(img_size: int, train: bool, hflip: float = 0.
         if color_jitter > 0:
             ops.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
                                      hue=min(0.5, color_jitter / 4), p=0.8))
-    ops.append(A.Normalize(mean=tuple(mean), std=tuple(std)))
     return A.Compose(ops, seed=pipeline_seed())

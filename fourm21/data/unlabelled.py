@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from fourm21.data.images import SkipLog, check_policy, list_images, read_image_or_skip
-from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_dense_transform, pipeline_seed
+from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_dense_transform, pipeline_seed, to_chw
 
 
 def build_view_transform(img_size: int, min_scale: float = 0.3, color_jitter: float = 0.4,
@@ -105,7 +105,7 @@ class UnlabelledImages(_ImageFolder):
         else:
             out = self.transform(image=image)["image"]
         size = out.shape[:2]
-        return {"image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float(),
+        return {"image": to_chw(out),
                 "meta": {"image_id": i, "source": self.source, "orig_size": (h, w), "scale": max(size) / max(h, w),
                          "file_name": str(self.files[i].relative_to(self.root)) if self.root.is_dir()
                          else self.files[i].name}}

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 from fourm21.engine.pseudo_labels import photometric_jitter, pseudo_targets
 from fourm21.errors import ConfigError
 from fourm21.inference.checkpoints import inference_prefix
@@ -221,7 +221,8 @@ class MultiTaskModule(L.LightningModule):
             preds = decode(outputs, tuple(batch["image"].shape[-2:]), DecodeSettings.from_net(teacher))
         teacher.train(was_training)
         batch = pseudo_targets(outputs, preds, batch, config_key(self.semi, "thresholds", "semi"))
-        batch["image"] = photometric_jitter(batch["image"], float(config_key(self.semi, "jitter", "semi")))
+        jitter = float(config_key(self.semi, "jitter", "semi"))
+        batch["image"] = photometric_jitter(normalize_images(batch["image"]), jitter)
         total, logs = self.criterion(self.model.loss(self.model(batch["image"]), batch))
         logs.pop("loss")
         bs = batch["image"].shape[0]

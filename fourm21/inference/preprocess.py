@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from fourm21.data.images import read_image, to_rgb
-from fourm21.data.transforms import build_dense_transform
+from fourm21.data.transforms import build_dense_transform, normalize_images, to_chw
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -34,7 +34,8 @@ class Letterbox:
 
     def __init__(self, img_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         self.img_size = int(img_size)
-        self.transform = build_dense_transform(self.img_size, train=False, mean=tuple(mean), std=tuple(std))
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.transform = build_dense_transform(self.img_size, train=False)
 
     def __call__(self, image: ImageLike) -> tuple[torch.Tensor, dict]:
         """One image -> (3, S, S) float tensor and the meta that maps predictions back (orig_size, scale)."""
@@ -42,4 +43,4 @@ class Letterbox:
         out = self.transform(image=arr)["image"]
         h, w = arr.shape[:2]
         meta = {"orig_size": (h, w), "scale": self.img_size / max(h, w), "file_name": name}
-        return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))), meta
+        return normalize_images(to_chw(out), self.mean, self.std), meta

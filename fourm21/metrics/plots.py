@@ -90,7 +90,9 @@ def plot_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str], out_
 
 
 def denormalize(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) normalised tensor -> (H, W, 3) float image in [0, 1]."""
+    """(3, H, W) uint8 pixels or normalised floats -> (H, W, 3) float image in [0, 1]."""
+    if image.dtype == torch.uint8:
+        return image.cpu().permute(1, 2, 0).numpy().astype(np.float32) / 255.0
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
     return (image.cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()

@@ -20,6 +20,7 @@ import timm
 import torch
 from torch import nn
 
+from fourm21.data.transforms import normalize_images
 from fourm21.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -141,8 +142,8 @@ class TimmBackbone(nn.Module):
             raise CheckpointError(f"backbone '{self.name}': no tensor in {file} matches the model's parameters")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) -> list of (B, C_i, H/s_i, W/s_i), finest first."""
-        feats = self.body(x)
+        """(B, 3, H, W) uint8 pixels or normalised floats -> list of (B, C_i, H/s_i, W/s_i), finest first."""
+        feats = self.body(normalize_images(x))
         if self.nhwc:
             feats = [f.permute(0, 3, 1, 2) for f in feats]
         if self.pyramid is not None:

@@ -78,7 +78,8 @@ def test_resized_batch_stays_aligned_and_boxes_scale(painted, mask_stride, size)
     out = resize_batch(batch, (size, size))
     f = size / 64
     assert out["image"].shape == (len(samples), 3, size, size)
-    assert out["semantic"].shape == (len(samples), size, size) and out["semantic"].dtype == batch["semantic"].dtype == torch.uint8
+    assert out["semantic"].shape == (len(samples), size, size)
+    assert out["semantic"].dtype == batch["semantic"].dtype == torch.uint8
     grid = size if mask_stride == 1 else size // mask_stride
     assert out["gt_masks"].shape[-2:] == (grid, grid) and out["gt_masks"].dtype == batch["gt_masks"].dtype
     torch.testing.assert_close(out["gt_boxes"], batch["gt_boxes"] * f)
