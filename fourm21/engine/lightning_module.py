@@ -357,6 +357,21 @@ class MultiTaskModule(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's mixed-precision plugin refuses to clip for a fused optimizer (``optim.optimizer.fused``),
+        which would unscale fp16 gradients itself; with no gradient scaler (bf16, fp32) the gradients are the
+        true ones, so they are clipped here as Lightning would."""
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        if gradient_clip_val and fused and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> dict:
         """``optim.optimizer`` over two parameter groups (no weight decay on norms, biases and loss weights) and
         ``optim.scheduler`` stepped per optimiser step; both built from their ``_target_``."""

@@ -16,6 +16,7 @@ from torch import nn
 
 from fourm21.errors import ConfigError
 from fourm21.models.backbone import TimmBackbone
+from fourm21.models.cpu_autocast import keep_fp32_under_cpu_autocast
 from fourm21.models.fusion import ContextFusion
 from fourm21.models.heads.base import Head
 from fourm21.models.neck import FpnPan
@@ -127,4 +128,5 @@ def build_model(cfg: DictConfig | Mapping) -> MultiTaskNet:
         num_cls = heads["cls"].num_classes if "cls" in heads and fcfg.get("use_class_probs", True) else 0
         fusion = ContextFusion(backbone.channels[-1], neck.channels, len(neck.strides), num_cls,
                                hidden=fcfg.get("hidden", 128))
-    return MultiTaskNet(backbone, neck, heads, fusion, channels_last=bool(cfg.get("channels_last", False)))
+    net = MultiTaskNet(backbone, neck, heads, fusion, channels_last=bool(cfg.get("channels_last", False)))
+    return keep_fp32_under_cpu_autocast(net)
