@@ -8,7 +8,7 @@ issue 8. Every model is measured in the same run on the same device with random 
                inst, sem), 80 object classes, 1000 image classes, with the experiment=coco head levels
                for 640-px inputs (det and sem at strides 8-32; ``--overrides`` changes any key).
                infer = forward + ``fourm21.inference.decode`` (decoding, NMS, mask assembly at input size);
-               train = forward + every head loss through ``model.loss`` and ``MultiTaskLoss`` (as the
+               train = forward + every head loss through ``head_losses`` and ``MultiTaskLoss`` (as the
                LightningModule does) + backward + AdamW step
   backbone     bare ``timm.create_model("convnext_tiny", features_only=True)``: the ceiling of a
                shared-backbone design (train loss: the mean of every level)
@@ -264,6 +264,7 @@ def build_fourm21(args: argparse.Namespace) -> Subject:
     from fourm21.data.collate import collate_samples
     from fourm21.engine.common import CONFIG_DIR
     from fourm21.inference.decode import DecodeSettings, decode
+    from fourm21.losses.heads import head_losses
     from fourm21.losses.multitask import MultiTaskLoss
     from fourm21.models.multitask import build_model
 
@@ -285,7 +286,7 @@ def build_fourm21(args: argparse.Namespace) -> Subject:
         return sum(len(p["boxes"]) for p in preds)
 
     def train_loss(fwd: nn.Module, batch: dict) -> torch.Tensor:
-        total, _ = criterion(net.loss(fwd(batch["image"]), batch))
+        total, _ = criterion(head_losses(net, fwd(batch["image"]), batch))
         return total
 
     det = model_cfg["heads"]["det"]

@@ -21,6 +21,7 @@ from fourm21.errors import ConfigError
 from fourm21.inference.checkpoints import inference_prefix
 from fourm21.inference.decode import DecodeSettings, decode
 from fourm21.inference.letterbox import to_original_pixels
+from fourm21.losses.heads import head_losses
 from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.metrics.evaluator import MultiTaskEvaluator, selection_score
 from fourm21.models.multitask import MultiTaskNet, build_model
@@ -168,7 +169,7 @@ class MultiTaskModule(L.LightningModule):
 
     def _step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, dict]:
         outputs = self.model(batch["image"], batch.get("caption_tokens"))
-        total, logs = self.criterion(self.model.loss(outputs, batch))
+        total, logs = self.criterion(head_losses(self.model, outputs, batch))
         bs = batch["image"].shape[0]
         logs.pop("loss")
         if stage != "train":
@@ -223,7 +224,7 @@ class MultiTaskModule(L.LightningModule):
         batch = pseudo_targets(outputs, preds, batch, config_key(self.semi, "thresholds", "semi"))
         jitter = float(config_key(self.semi, "jitter", "semi"))
         batch["image"] = photometric_jitter(normalize_images(batch["image"]), jitter)
-        total, logs = self.criterion(self.model.loss(self.model(batch["image"]), batch))
+        total, logs = self.criterion(head_losses(self.model, self.model(batch["image"]), batch))
         logs.pop("loss")
         bs = batch["image"].shape[0]
         logs.update(batch.pop("pseudo_stats"))
@@ -317,7 +318,7 @@ class MultiTaskModule(L.LightningModule):
             return  # every image of the batch was skipped
         net = self.inference_net  # ema.enabled: the moving average is what is scored (and best.ckpt picked by)
         outputs = net(batch["image"], batch.get("caption_tokens"))
-        total, logs = self.criterion(net.loss(outputs, batch))
+        total, logs = self.criterion(head_losses(net, outputs, batch))
         logs.pop("loss")
         if len(self.evaluators) <= 1:
             logs["loss"] = total.detach()  # a total over different task sets would mix unlike things

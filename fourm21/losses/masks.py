@@ -11,9 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from fourm21.data.sample import IGNORE_INDEX
-
-LABEL_REDUCTIONS = ("nearest", "majority")
-DICE_CLASSES = ("present", "all")
+from fourm21.models.heads.semantic import DICE_CLASSES, LABEL_REDUCTIONS
 
 
 def box_crop_weights(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -1,13 +1,12 @@
 """The one network: backbone -> neck -> (classification) -> fusion -> dense heads.
 
 Built from a plain config (``build_model``) so every part is swappable by a Hydra override.
-Holds no training code: losses are asked of the heads, decoding is ``fourm21.inference.decode``.
+Holds no training code: losses are ``fourm21.losses.heads``, decoding is ``fourm21.inference.decode``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from hydra.utils import get_class, instantiate
@@ -68,26 +67,6 @@ class MultiTaskNet(nn.Module):
                 out[name] = head(self._levels(dense, head.strides))
         return out
 
-    def loss(self, outputs: dict, batch: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
-        """{task: {part: scalar}}; a task none of the batch's samples carries is absent."""
-        cache: dict[str, Any] = {}
-        losses = {}
-        for name in self._loss_order():
-            parts = self.heads[name].loss(outputs, batch, cache)
-            if parts:
-                losses[name] = parts
-        return losses
-
-    def _loss_order(self) -> list[str]:
-        order: list[str] = []
-        def visit(n: str) -> None:
-            if n not in order:
-                for r in self.heads[n].requires:
-                    visit(r)
-                order.append(n)
-        for n in self.heads:
-            visit(n)
-        return order
 
 def _first_neck_level(cfg: DictConfig, strides: list[int]) -> int:
     """Index of the finest backbone level an enabled neck head reads: finer levels need no FPN/PAN maps

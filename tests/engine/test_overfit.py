@@ -10,6 +10,7 @@ from fourm21.data.coco import CocoDataset
 from fourm21.data.collate import collate_samples
 from fourm21.data.transforms import build_dense_transform
 from fourm21.inference.decode import DecodeSettings, decode
+from fourm21.losses.heads import head_losses
 from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.metrics.evaluator import MultiTaskEvaluator
 from fourm21.models.multitask import build_model
@@ -26,7 +27,7 @@ def test_network_overfits_a_handful_of_images(shapes_root):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     first = None
     for _ in range(250):
-        total, _ = criterion(model.loss(model(batch["image"]), batch))
+        total, _ = criterion(head_losses(model, model(batch["image"]), batch))
         opt.zero_grad()
         total.backward()
         opt.step()

@@ -3,6 +3,7 @@ import torch
 
 from fourm21.data.collate import collate_samples
 from fourm21.errors import ConfigError
+from fourm21.losses.heads import head_losses
 from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.models.multitask import build_model
 from tests.conftest import model_config
@@ -26,7 +27,7 @@ def _samples(with_label=True, with_dense=True, n=2):
 def _grads(model, batch, criterion=None):
     model.zero_grad()
     criterion = criterion or MultiTaskLoss({"cls": 1.0, "det": 1.0, "inst": 1.0, "sem": 1.0})
-    losses = model.loss(model(batch["image"]), batch)
+    losses = head_losses(model, model(batch["image"]), batch)
     total, logs = criterion(losses)
     total.backward()
     return losses, logs, {n: p.grad for n, p in model.named_parameters()}
@@ -60,8 +61,8 @@ def test_mixed_batch_trains_each_task_on_its_own_samples():
     # the classification loss equals the loss on the labelled sample alone
     alone = collate_samples(mixed[:1])
     with torch.no_grad():
-        full = model.loss(model(batch["image"]), batch)["cls"]["ce"]
-        single = model.loss(model(alone["image"]), alone)["cls"]["ce"]
+        full = head_losses(model, model(batch["image"]), batch)["cls"]["ce"]
+        single = head_losses(model, model(alone["image"]), alone)["cls"]["ce"]
     torch.testing.assert_close(full, single, rtol=1e-4, atol=1e-5)
 
 

@@ -13,6 +13,7 @@ from fourm21.data.coco import CocoDataset
 from fourm21.data.collate import collate_samples
 from fourm21.data.transforms import build_dense_transform
 from fourm21.errors import ConfigError
+from fourm21.losses.heads import head_losses
 from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.models.backbone import TimmBackbone
 from fourm21.models.multitask import build_model
@@ -66,7 +67,7 @@ def test_backbone_trains_every_head(name, batch):
         pytest.fail(f"{name} does not build: {e}")
     out = model(batch["image"])
     assert out["sem"]["logits"].shape[-2:] == (SIZE // strides[0], SIZE // strides[0])
-    losses = model.loss(out, batch)
+    losses = head_losses(model, out, batch)
     assert set(losses) == {"cls", "det", "inst", "sem"}
     total, _ = MultiTaskLoss({k: 1.0 for k in losses})(losses)
     assert torch.isfinite(total)

@@ -6,11 +6,8 @@ is one config line. A group's loss uses only the images where that attribute is 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from fourm21.errors import ConfigError
 from fourm21.models.heads.base import Head
@@ -36,15 +33,3 @@ class AttributeHead(Head):
         """-> {group: logits (B, K_group)}."""
         x = self.drop(self.pool(feats))
         return {g: fc(x) for g, fc in self.fc.items()}
-
-    def loss(self, outputs: dict, batch: dict[str, Any], cache: dict) -> dict[str, torch.Tensor]:
-        raw = outputs[self.name]
-        parts = {}
-        for g in self.groups:
-            target = batch["attributes"].get(g)
-            if target is None:
-                continue
-            known = (target >= 0) & batch["has_attributes"]
-            if known.any():
-                parts[g] = F.cross_entropy(raw[g][known].float(), target[known], label_smoothing=self.label_smoothing)
-        return parts

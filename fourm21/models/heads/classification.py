@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from fourm21.losses.classification import softmax_ce_loss
 from fourm21.models.heads.base import Head
 from fourm21.models.heads.pooling import MultiScalePool
 
@@ -29,10 +26,3 @@ class ClassificationHead(Head):
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Backbone levels [(B, C_i, H_i, W_i)] -> logits (B, K)."""
         return {"logits": self.fc(self.drop(self.pool(feats)))}
-
-    def loss(self, outputs: dict, batch: dict[str, Any], cache: dict) -> dict[str, torch.Tensor]:
-        has = batch["has_label"]
-        if not has.any():
-            return {}
-        logits = outputs[self.name]["logits"][has]
-        return {"ce": softmax_ce_loss(logits, batch["label"][has], self.label_smoothing)}

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fourm21.losses.detection import fcos_assign, fcos_loss, level_ranges
 from fourm21.models.heads.base import Head
 from fourm21.models.neck import conv_norm_act
 
@@ -63,21 +61,3 @@ class DetectionHead(Head):
         points, strides = make_points([f.shape[-2:] for f in feats], self.strides, feats[0].device)
         return {"cls_logits": torch.cat(cls, 1), "box_ltrb": torch.cat(box, 1), "centerness": torch.cat(ctr, 1),
                 "points": points, "point_strides": strides}
-
-    def assign(self, raw: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
-        """(B, L) matched ground-truth index per location, -1 for background."""
-        strides = raw["point_strides"]
-        ranges = torch.tensor(level_ranges(self.strides, self.range_mult), device=strides.device)
-        level = torch.bucketize(strides, torch.tensor(self.strides, device=strides.device, dtype=strides.dtype))
-        return fcos_assign(raw["points"], ranges[level], strides, batch["gt_boxes"], batch["gt_labels"],
-                           self.center_radius)
-
-    def loss(self, outputs: dict, batch: dict[str, Any], cache: dict) -> dict[str, torch.Tensor]:
-        valid = batch["has_boxes"]
-        if not valid.any():
-            return {}
-        raw = outputs[self.name]
-        matched = self.assign(raw, batch)
-        cache["det_matched"] = matched
-        return fcos_loss(raw["cls_logits"], raw["box_ltrb"], raw["centerness"], raw["points"], matched,
-                         batch["gt_boxes"], batch["gt_labels"], valid, self.focal_alpha, self.focal_gamma)

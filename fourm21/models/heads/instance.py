@@ -6,12 +6,9 @@ after NMS is small.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from fourm21.losses.masks import prototype_mask_loss
 from fourm21.models.heads.base import Head
 from fourm21.models.neck import conv_norm_act
 
@@ -38,12 +35,3 @@ class InstanceMaskHead(Head):
         """feats at ``strides`` -> proto (B, K, Hp, Wp), coefs (B, L, K)."""
         coefs = [self.coef_pred(self.coef_tower(f)).flatten(2).transpose(1, 2) for f in feats]
         return {"proto": self.proto_net(feats[0]), "coefs": torch.tanh(torch.cat(coefs, 1))}
-
-    def loss(self, outputs: dict, batch: dict[str, Any], cache: dict) -> dict[str, torch.Tensor]:
-        valid = batch["has_masks"] & batch["has_boxes"]
-        if not valid.any() or "det_matched" not in cache:
-            return {}
-        raw = outputs[self.name]
-        return prototype_mask_loss(raw["proto"], raw["coefs"], cache["det_matched"], batch["gt_masks"],
-                                   batch["gt_boxes"], valid, tuple(batch["image"].shape[-2:]), self.max_pos,
-                                   self.dice_weight)

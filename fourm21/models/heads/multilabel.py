@@ -10,11 +10,8 @@ Per-class decision thresholds are a buffer: tuned on val, saved in the checkpoin
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from fourm21.errors import ConfigError
 from fourm21.models.heads.base import Head
@@ -71,10 +68,3 @@ class MultiLabelHead(Head):
                 t = t[:, 0]
             x = torch.cat([x, t], dim=1)
         return {"logits": self.mlp(x)}
-
-    def loss(self, outputs: dict, batch: dict[str, Any], cache: dict) -> dict[str, torch.Tensor]:
-        has = batch["has_labels"]
-        if not has.any():
-            return {}
-        logits = outputs[self.name]["logits"][has].float()
-        return {"bce": F.binary_cross_entropy_with_logits(logits, batch["labels"][has].float())}

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fourm21.errors import ConfigError
-from fourm21.losses.masks import DICE_CLASSES, LABEL_REDUCTIONS, semantic_loss
 from fourm21.models.heads.base import Head
 from fourm21.models.neck import conv_norm_act
+
+LABEL_REDUCTIONS = ("nearest", "majority")  # label_reduction: how ``semantic_loss`` reduces labels per loss cell
+DICE_CLASSES = ("present", "all")  # dice_classes: the classes ``semantic_loss``'s dice scores
 
 
 class SemanticHead(Head):
     """Logits (B, C + 1, H/s0, W/s0): the C thing classes plus background (index 0).
 
-    The loss is taken on an (H/loss_stride, W/loss_stride) grid (see ``semantic_loss``); at
-    ``loss_stride`` = s0 the logits are compared as predicted, with the labels reduced per cell.
+    The loss is taken on an (H/loss_stride, W/loss_stride) grid (see ``fourm21.losses.masks.semantic_loss``);
+    at ``loss_stride`` = s0 the logits are compared as predicted, with the labels reduced per cell.
     """
 
     name = "sem"
@@ -50,10 +50,3 @@ class SemanticHead(Head):
         x = sum(F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size
                 else lat(f) for lat, f in zip(self.lateral, feats))
         return {"logits": self.pred(self.fuse(x))}
-
-    def loss(self, outputs: dict, batch: dict[str, Any], cache: dict) -> dict[str, torch.Tensor]:
-        valid = batch["has_semantic"]
-        if not valid.any():
-            return {}
-        return semantic_loss(outputs[self.name]["logits"], batch["semantic"], valid, self.dice_weight,
-                             self.loss_stride, self.label_reduction, self.dice_classes)
