@@ -24,11 +24,11 @@ Parts (``ms_per_batch`` is the median over ``--iters`` timed iterations after ``
              the weighted sum), backward, gradient clipping at norm 10 (both trainers clip there), AdamW step,
              zero_grad. No EMA (YOLO's trainer also updates an EMA copy each step), no logging
   forward    the network forward alone, train mode, autograd recording
-  loss       every loss forward (fourm21: ``model.loss`` + ``MultiTaskLoss``; YOLO: its criterion)
+  loss       every loss forward (fourm21: ``head_losses`` + ``MultiTaskLoss``; YOLO: its criterion)
   backward   backward of the total loss
   optimizer  clip + AdamW step + zero_grad
   loss.<head>  fourm21, per head: that head's loss forward (``loss_fwd_ms``, from one shared cache as
-             ``model.loss`` runs them) and its backward alone through the whole network (``bwd_ms``, the
+             ``head_losses`` runs them) and its backward alone through the whole network (``bwd_ms``, the
              graph retained between heads). ``det`` includes the FCOS assignment (``assign_ms`` times it
              alone) whose ``det_matched`` ``inst`` reuses. The heads' backwards each traverse the shared
              trunk, so they add up to more than ``backward``. YOLO: ``loss.seg``, its one criterion
@@ -361,26 +361,12 @@ def fourm21_optimizer(module) -> torch.optim.Optimizer:
                              lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.999))))
 
 
-def loss_order(net) -> list[str]:
-    """Heads in an order where every head follows those it ``requires`` (det before inst), as ``model.loss``."""
-    order: list[str] = []
-
-    def visit(n: str) -> None:
-        if n not in order:
-            for r in net.heads[n].requires:
-                visit(r)
-            order.append(n)
-
-    for n in net.heads:
-        visit(n)
-    return order
-
-
 def fourm21_bench(name: str, args: argparse.Namespace, root: Path, device: torch.device, meter: Meter) -> Bench:
     from hydra.utils import instantiate
 
     from fourm21.data.collate import collate_samples
     from fourm21.engine.lightning_module import MultiTaskModule
+    from fourm21.losses.heads import det_assign, head_loss, head_losses, loss_order
 
     cfg = fourm21_config(name, args.size, args.batch, root, args.overrides)
     torch.manual_seed(args.seed)
@@ -419,7 +405,7 @@ def fourm21_bench(name: str, args: argparse.Namespace, root: Path, device: torch
         rec: Record = {}
         b = batch()
         with meter.span(rec):
-            total, _ = criterion(net.loss(net(b["image"]), b))
+            total, _ = criterion(head_losses(net, net(b["image"]), b))
             total.backward()
             torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
             opt.step()
@@ -439,7 +425,7 @@ def fourm21_bench(name: str, args: argparse.Namespace, root: Path, device: torch
         loss_rec, bwd_rec, opt_rec = {}, {}, {}
         outputs = net(b["image"])
         with meter.span(loss_rec):
-            total, _ = criterion(net.loss(outputs, b))
+            total, _ = criterion(head_losses(net, outputs, b))
         with meter.span(bwd_rec):
             total.backward()
         with meter.span(opt_rec):
@@ -454,11 +440,11 @@ def fourm21_bench(name: str, args: argparse.Namespace, root: Path, device: torch
         outputs = net(b["image"])
         cache: dict[str, Any] = {}
         out: dict[str, Record] = {}
-        order = loss_order(net)
+        order = loss_order(net.heads)
         for i, head in enumerate(order):
             rec = out[f"loss.{head}"] = {}
             with meter.span(rec, "loss_fwd_ms"):
-                parts = net.heads[head].loss(outputs, b, cache)
+                parts = head_loss(net.heads[head], outputs, b, cache)
                 loss = criterion({head: parts})[0] if parts else None
             if loss is not None:
                 with meter.span(rec, "bwd_ms"):
@@ -467,7 +453,7 @@ def fourm21_bench(name: str, args: argparse.Namespace, root: Path, device: torch
             rec["ms"] = rec["loss_fwd_ms"] + rec["bwd_ms"]
         if "det" in net.heads:
             with torch.no_grad(), meter.span(out["loss.det"], "assign_ms"):
-                net.heads["det"].assign(outputs["det"], b)
+                det_assign(net.heads["det"], outputs["det"], b)
         opt.zero_grad(set_to_none=True)
         return out
 

@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         for tool, cmd in cmds.items():  # started together
             logs[tool] = (out / f"{tool}.log").open("w")
             started[tool] = time.perf_counter()
-            procs[tool] = subprocess.Popen(cmd, cwd=REPO, env=child_env(args, out, tool), stdout=logs[tool],
+            workdir = out / f"{tool}_cwd"  # each tool's stray files (ultralytics' MLflow callback writes
+            workdir.mkdir(exist_ok=True)  # mlflow.db and mlruns/ into its working directory) stay out of the repo
+            procs[tool] = subprocess.Popen(cmd, cwd=workdir, env=child_env(args, out, tool), stdout=logs[tool],
                                            stderr=subprocess.STDOUT)
         wall: dict[str, float] = {}
         while len(wall) < len(procs):
