@@ -193,7 +193,7 @@ EQUIVALENCE = ["data.generate.num_train=16", "data.generate.num_val=9", "+data.d
                "model.heads.det.enabled=false", "model.heads.inst.enabled=false", "model.heads.sem.enabled=false",
                "data.aug.hflip=0", "data.aug.affine_p=0", "data.aug.color_jitter=0", "data.datamodule.shuffle=false",
                "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2", "trainer.enable_model_summary=false",
-               "callbacks.progress=null", "evaluate=false", "plots=false"]
+               "callbacks.progress=null", "evaluate=false", "plots=false", "trainer.precision=32-true"]
 
 
 def _last_val(run_dir: Path, key: str) -> float:
@@ -238,7 +238,8 @@ def test_eval_under_ddp_reports_the_metrics_of_one_process(tiny_run, tmp_path):
     """fourm21-eval trainer=ddp_cpu: every head's metrics (COCO AP included) equal those of one process."""
     work, run_dir, _ = tiny_run
     args = [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"paths.data_dir={work / 'data'}",
-            "data.generate.num_train=16", "data.generate.num_val=8", "+data.datamodule.val_batch_size=3", "plots=false"]
+            "data.generate.num_train=16", "data.generate.num_val=8", "+data.datamodule.val_batch_size=3", "plots=false",
+            "trainer.precision=32-true"]  # both in fp32: ddp_cpu is, and auto may pick bf16 on this CPU
     reports = []
     for name, extra in (("one", []), ("two", ["trainer=ddp_cpu"])):
         res = run_cli("fourm21-eval", [*args, *extra, f"hydra.run.dir={tmp_path / name}"], tmp_path)
