@@ -17,6 +17,7 @@ from fourm21.data.coco import DROPPED
 from fourm21.data.images import read_image, skipped_images
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, setup_runtime
 from fourm21.engine.lightning_module import MultiTaskModule
+from fourm21.engine.semi_supervised import module_class
 from fourm21.engine.validate_config import check_config
 from fourm21.errors import CheckpointError, ConfigError, DatasetError
 from fourm21.inference.checkpoints import architecture, check_data_matches, load_state, read_checkpoint
@@ -46,8 +47,8 @@ def load_module(ckpt_path: str | Path) -> MultiTaskModule:
     ckpt = read_checkpoint(ckpt_path)
     hp = ckpt["hyper_parameters"]
     try:
-        module = MultiTaskModule(model=hp["model"], loss=hp.get("loss") or {}, optim=hp.get("optim") or {},
-                                 meta=hp.get("meta"), semi=hp.get("semi"), ema=hp.get("ema"))
+        module = module_class(hp.get("semi"))(model=hp["model"], loss=hp.get("loss") or {}, optim=hp.get("optim") or {},
+                                              meta=hp.get("meta"), semi=hp.get("semi"), ema=hp.get("ema"))
     except Exception as e:  # noqa: BLE001 - a config this version cannot build, whatever the cause
         raise CheckpointError(f"{ckpt_path}: its model config cannot be built by this version of fourm21 "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

@@ -15,8 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_images
-from fourm21.engine.pseudo_labels import photometric_jitter, pseudo_targets
+from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fourm21.errors import ConfigError
 from fourm21.inference.checkpoints import inference_prefix
 from fourm21.inference.decode import DecodeSettings, decode
@@ -92,8 +91,9 @@ class MultiTaskModule(L.LightningModule):
     eval mode run it (``inference_net``), and every checkpoint reader takes its weights
     (``fourm21.inference.checkpoints.inference_prefix`` is the one place that decides). The checkpoint holds
     both: ``model.*`` (what training continues from) and ``ema.*`` (the average and its update count), so a
-    resume continues both exactly. With ``semi.teacher=ema`` that same average is the mean teacher; without
-    ``ema.enabled`` the teacher is its own average under ``teacher.*``, as before.
+    resume continues both exactly. Semi-supervised training (the mean teacher, pseudo-labels) is the subclass
+    ``fourm21.engine.semi_supervised.SemiSupervisedModule``; ``semi`` is kept here in the hyper-parameters only,
+    so a checkpoint says how it was trained.
 
     Why not Lightning's ``WeightAveraging``/``EMAWeightAveraging`` callback (present in 2.6): it averages the
     whole LightningModule (loss weights and the teacher too), swaps the average in at *every* validation
@@ -111,17 +111,10 @@ class MultiTaskModule(L.LightningModule):
         self.model: MultiTaskNet = build_model(OmegaConf.create(model))
         self.criterion = MultiTaskLoss(**loss)
         self.optim_cfg = dict(optim)
-        # semi-supervised pseudo-labels (fourm21.engine.pseudo_labels); the EMA teacher is saved with the run
-        self.semi = dict(semi) if semi and semi.get("enabled") else None
-        if self.semi is not None and config_key(self.semi, "teacher", "semi") not in ("ema", "student"):
-            raise ConfigError(f"semi.teacher: must be ema or student, got '{self.semi['teacher']}'")
-        self._teacher_is_ema = self.semi is not None and self.semi["teacher"] == "ema"
-        # one average: evaluated, saved for inference and (semi) the teacher. Registered through _modules
-        # (add_module refuses a name the class has a property for: ``ema``, ``teacher``)
+        # the one average: evaluated and saved for inference (and the subclass' mean teacher). Registered through
+        # _modules: add_module refuses a name the class has a property for (``ema``)
         if ema and ema.get("enabled"):
             self._modules["ema"] = build_ema(self.model, float(ema["decay"]), float(ema["ramp_steps"]))
-        elif self._teacher_is_ema:
-            self._modules["teacher"] = build_ema(self.model, float(self.semi["ema_decay"]))
         # multi-label thresholds are tuned on val while fitting only; a report (the end of training, fourm21-eval
         # on any split) scores at the thresholds the checkpoint holds (evaluate_module turns this off)
         self.tune_thresholds = True
@@ -145,18 +138,13 @@ class MultiTaskModule(L.LightningModule):
 
     @property
     def averaged(self) -> AveragedModel | None:
-        """The moving average of the network, if any (``ema`` or the semi-supervised ``teacher``)."""
-        return self._modules.get("ema", self._modules.get("teacher"))
+        """The moving average of the network that is updated after every optimiser step, if any."""
+        return self._modules.get("ema")
 
     @property
     def ema(self) -> AveragedModel | None:
         """``ema.enabled``: the EMA that validation, checkpoints' inference weights and export use."""
         return self._modules.get("ema")
-
-    @property
-    def teacher(self) -> AveragedModel | None:
-        """``semi.teacher=ema``: the mean teacher (the ``ema`` itself when that is enabled)."""
-        return self.averaged if self._teacher_is_ema else None
 
     @property
     def inference_net(self) -> MultiTaskNet:
@@ -200,37 +188,9 @@ class MultiTaskModule(L.LightningModule):
         return True if connector is None else bool(connector.should_update_logs or self._trainer.fast_dev_run)
 
     def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
-        if batch is None or ("sup" in batch and batch["sup"] is None):
+        if batch is None:
             return None  # every image of the batch was skipped (data.on_bad_image=skip): no step
-        if "sup" in batch and "unsup" in batch:  # semi-supervised: a labelled and an unlabelled batch
-            total, _ = self._step(batch["sup"], "train")
-            if (batch["unsup"] is not None and self.semi is not None
-                    and self.global_step >= int(config_key(self.semi, "start_step", "semi"))):
-                weight = float(config_key(self.semi, "weight", "semi"))
-                total = total + weight * self._pseudo_label_step(batch["unsup"])
-            return total
         total, _ = self._step(batch, "train")
-        return total
-
-    def _pseudo_label_step(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The teacher labels ``batch`` (its confident predictions only); the student learns them on a jittered view."""
-        teacher = self.teacher.module if self.teacher is not None else self.model
-        was_training = teacher.training
-        teacher.eval()
-        with torch.no_grad():
-            outputs = teacher(batch["image"])
-            preds = decode(outputs, tuple(batch["image"].shape[-2:]), DecodeSettings.from_net(teacher))
-        teacher.train(was_training)
-        batch = pseudo_targets(outputs, preds, batch, config_key(self.semi, "thresholds", "semi"))
-        jitter = float(config_key(self.semi, "jitter", "semi"))
-        batch["image"] = photometric_jitter(normalize_images(batch["image"]), jitter)
-        total, logs = self.criterion(head_losses(self.model, self.model(batch["image"]), batch))
-        logs.pop("loss")
-        bs = batch["image"].shape[0]
-        logs.update(batch.pop("pseudo_stats"))
-        self.log_dict({f"train/pseudo/{k.removeprefix('pseudo/')}": v for k, v in logs.items()}, batch_size=bs,
-                      on_step=False, on_epoch=True)
-        self.log("train/pseudo/loss", total.detach(), batch_size=bs, on_step=False, on_epoch=True)
         return total
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

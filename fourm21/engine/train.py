@@ -18,8 +18,8 @@ from omegaconf import DictConfig, open_dict
 from fourm21.engine.callbacks import NonFiniteGuard
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
 from fourm21.engine.evaluate import data_report, evaluate_module, print_summary
-from fourm21.engine.lightning_module import MultiTaskModule
 from fourm21.engine.report_loggers import check_logger_packages, log_report, tracker_error
+from fourm21.engine.semi_supervised import module_class
 from fourm21.engine.validate_config import check_config
 from fourm21.errors import ConfigError
 
@@ -146,7 +146,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     attach_unlabelled(cfg, datamodule)
     if rank_zero_only.rank == 0:  # under DDP every process runs this script, in the same run dir
         save_config(cfg, run_dir)  # with what the data filled in (class counts, attribute groups)
-    module = MultiTaskModule.from_config(cfg)
+    module = module_class(cfg.get("semi")).from_config(cfg)
     callbacks = build_callbacks(cfg, run_dir)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg, run_dir) or False,
                           default_root_dir=str(run_dir))
