@@ -31,7 +31,7 @@ def _threads():
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shapes")
-    return ensure_shapes(root, num_train=24, num_val=12, size=64, seed=3)
+    return ensure_shapes(root, num_train=24, num_val=12, size=64, max_objects=4, seed=3)
 
 
 def model_config(backbone: dict | None = None, **head_overrides) -> dict:
@@ -48,6 +48,9 @@ def model_config(backbone: dict | None = None, **head_overrides) -> dict:
 
 
 BIN = Path(sys.executable).parent
+# the shapes config's training augmentation (data/shapes.yaml data.aug), for tests that build pipelines in code
+AUG = {"hflip": 0.5, "scale": (0.9, 1.1), "translate": 0.05, "affine_p": 0.5, "color_jitter": 0.2}
+
 TINY = ["data.generate.num_train=16", "data.generate.num_val=8", "data.datamodule.batch_size=8",
         "+model.backbone.dims=[16,32,48,64]", "+model.backbone.depths=[1,1,1,1]", "model.neck.channels=32",
         "trainer.enable_model_summary=false",

@@ -153,7 +153,7 @@ class MultiTaskDataModule(L.LightningDataModule):
     random multiple of ``multiscale_stride`` in that range times its size (``fourm21.data.multiscale``).
     """
 
-    def __init__(self, train: Any, val: Any, batch_size: int | Mapping[str, int] = 32,
+    def __init__(self, train: Any, val: Any, batch_size: int | Mapping[str, int],
                  val_batch_size: int | None = None, num_workers: int = 0, prepare: Any = None,
                  pin_memory: bool = False, ratios: Mapping[str, float] | None = None,
                  batches_per_epoch: int | None = None, seed: int = 0, shuffle: bool = True,

@@ -146,9 +146,10 @@ def generate_split(root: Path, split: str, num_images: int, size: int, seed: int
     return ann_file
 
 
-def ensure_shapes(root: str | Path, num_train: int = 2000, num_val: int = 300, size: int = 64,
-                  seed: int = 0, max_objects: int = 4, min_obj: int = 12, max_obj: int = 28) -> Path:
-    """Generate the data set into ``root`` unless an identical one is already there."""
+def ensure_shapes(root: str | Path, *, num_train: int, num_val: int, size: int, max_objects: int, seed: int = 0,
+                  min_obj: int = 12, max_obj: int = 28) -> Path:
+    """Generate the data set into ``root`` unless an identical one is already there (its counts, size and
+    objects per image come from ``data.generate``)."""
     root = Path(root)
     spec = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed, "max_objects": max_objects,
             "min_obj": min_obj, "max_obj": max_obj, "version": FORMAT_VERSION}

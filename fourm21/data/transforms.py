@@ -105,10 +105,12 @@ def reseed_worker_transforms(worker_id: int) -> None:
         seed_pipeline(transform, (pipeline_seed(), k))
 
 
-def build_dense_transform(img_size: int, train: bool, hflip: float = 0.5, scale: Sequence[float] = (0.9, 1.1),
-                          translate: float = 0.05, rotate: float = 0.0, affine_p: float = 0.5,
-                          color_jitter: float = 0.2) -> A.Compose:
+def build_dense_transform(img_size: int, train: bool, hflip: float = 0.0, scale: Sequence[float] = (1.0, 1.0),
+                          translate: float = 0.0, rotate: float = 0.0, affine_p: float = 0.0,
+                          color_jitter: float = 0.0) -> A.Compose:
     """Pipeline for images with boxes, instance masks and a semantic mask (COCO-style data); uint8 out.
+
+    Every augmentation is off unless given: the data configs (``data.aug``) hold the values.
 
     Semantic padding is IGNORE_INDEX so metrics and losses skip the letterbox border.
     """
@@ -233,9 +235,10 @@ def masks_to_boxes_np(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return boxes, ok
 
 
-def build_classification_transform(img_size: int, train: bool, hflip: float = 0.5, crop_padding: int = 4,
+def build_classification_transform(img_size: int, train: bool, hflip: float = 0.0, crop_padding: int = 0,
                                    rotate: float = 0.0, color_jitter: float = 0.0) -> A.Compose:
-    """Pipeline for image-level labels only (CIFAR-style): resize, pad-and-crop, flip, rotate, jitter; uint8 out."""
+    """Pipeline for image-level labels only (CIFAR-style): resize, pad-and-crop, flip, rotate, jitter; uint8 out.
+    Every augmentation is off unless given (the data configs hold the values)."""
     ops: list[A.BasicTransform] = [A.Resize(img_size, img_size, interpolation=cv2.INTER_LINEAR)]
     if train:
         if crop_padding > 0:

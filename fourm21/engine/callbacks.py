@@ -21,7 +21,7 @@ class NonFiniteGuard(L.Callback):
     only written from finite steps, so the last one on disk is good.
     """
 
-    def __init__(self, max_in_row: int = 20) -> None:
+    def __init__(self, max_in_row: int) -> None:
         if max_in_row < 1:
             raise ConfigError(f"callbacks.nonfinite.max_in_row must be >= 1, got {max_in_row}")
         self.max_in_row = max_in_row
@@ -66,7 +66,7 @@ class LastSnapshot(L.Callback):
     place), so a kill mid-save leaves the previous snapshot whole.
     """
 
-    def __init__(self, dirpath: str, every_n_train_steps: int = 200) -> None:
+    def __init__(self, dirpath: str, every_n_train_steps: int) -> None:
         if every_n_train_steps < 1:
             raise ConfigError(f"callbacks.snapshot.every_n_train_steps must be >= 1, got {every_n_train_steps}")
         self.dirpath = Path(dirpath)

@@ -21,6 +21,7 @@ from fourm21.data.mosaic import MosaicItem, mosaic4
 from fourm21.data.sample import IGNORE_INDEX
 from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_dense_transform
 from fourm21.errors import DatasetError
+from tests.conftest import AUG
 
 BACKGROUND = (30, 30, 30)
 FILL = 114  # the mosaic's and letterbox's grey
@@ -133,7 +134,7 @@ def check_aligned(sample, colours, exact: bool, need: float = 0.8, margin: int =
 
 def _dataset(painted, mosaic=1.0, train=False, **kw):
     img_dir, ann, _ = painted
-    transform = kw.pop("transform", None) or build_dense_transform(64, train=train, color_jitter=0.0)
+    transform = kw.pop("transform", None) or build_dense_transform(64, train=train, **{**AUG, "color_jitter": 0.0})
     return CocoDataset(img_dir, ann, transform, mosaic=mosaic, **kw)
 
 
@@ -212,7 +213,7 @@ def test_p0_equals_the_plain_pipeline_under_augmentation(painted):
     out = []
     for kwargs in ({}, {"mosaic": 0.0, "close_mosaic": 3}):
         torch.manual_seed(5)  # the pipelines' seed (pipeline_seed)
-        ds = CocoDataset(img_dir, ann, build_dense_transform(64, train=True), **kwargs)
+        ds = CocoDataset(img_dir, ann, build_dense_transform(64, train=True, **AUG), **kwargs)
         out.append([ds[i % len(ds)] for i in range(12)])
     for a, b in zip(*out):
         for key in ("image", "boxes", "box_labels", "masks", "semantic"):
@@ -261,7 +262,7 @@ def test_the_epoch_reaches_persistent_workers(painted, mixed, monkeypatch):
     img_dir, ann, _ = painted
 
     def factory():
-        return CocoDataset(img_dir, ann, build_dense_transform(64, train=True), mosaic=1.0, close_mosaic=1)
+        return CocoDataset(img_dir, ann, build_dense_transform(64, train=True, **AUG), mosaic=1.0, close_mosaic=1)
 
     train = {"a": factory, "b": factory} if mixed else factory
     dm = MultiTaskDataModule(train=train, val=None, batch_size=2, num_workers=2, seed=3,
@@ -302,7 +303,7 @@ def test_close_mosaic_and_multiscale_in_a_lightning_run(painted, tmp_path, monke
     img_dir, ann, _ = painted
 
     def factory():
-        return CocoDataset(img_dir, ann, build_dense_transform(64, train=True), mosaic=1.0, close_mosaic=2,
+        return CocoDataset(img_dir, ann, build_dense_transform(64, train=True, **AUG), mosaic=1.0, close_mosaic=2,
                            mask_stride=2)
 
     dm = MultiTaskDataModule(train=factory, val=None, batch_size=2, num_workers=2, multiscale=[0.5, 1.5])

@@ -14,6 +14,7 @@ from fourm21.data.multiscale import MultiScaleCollate, multiscale_sizes, resize_
 from fourm21.data.sample import IGNORE_INDEX
 from fourm21.data.transforms import build_dense_transform
 from fourm21.errors import ConfigError
+from tests.conftest import AUG
 from tests.data.test_mosaic import BACKGROUND, FILL, _close, paint_coco, to_rgb
 
 
@@ -126,7 +127,7 @@ def test_datamodule_uses_multiscale_for_training_loaders_only(painted):
     img_dir, ann, _ = painted
 
     def factory():
-        return CocoDataset(img_dir, ann, build_dense_transform(64, train=True), mask_stride=2)
+        return CocoDataset(img_dir, ann, build_dense_transform(64, train=True, **AUG), mask_stride=2)
 
     dm = MultiTaskDataModule(train=factory, val=factory, batch_size=3, multiscale=[0.5, 1.5], seed=1)
     dm.setup("fit")

@@ -8,8 +8,8 @@ from fourm21.data.shapes import CATEGORIES, SCENES, ensure_shapes
 
 
 def test_generation_is_deterministic_and_splits_differ(tmp_path):
-    a = ensure_shapes(tmp_path / "a", num_train=6, num_val=4, size=64, seed=5)
-    b = ensure_shapes(tmp_path / "b", num_train=6, num_val=4, size=64, seed=5)
+    a = ensure_shapes(tmp_path / "a", num_train=6, num_val=4, size=64, max_objects=4, seed=5)
+    b = ensure_shapes(tmp_path / "b", num_train=6, num_val=4, size=64, max_objects=4, seed=5)
     ja = json.loads((a / "annotations/instances_train.json").read_text())
     jb = json.loads((b / "annotations/instances_train.json").read_text())
     assert ja == jb
@@ -40,7 +40,7 @@ def test_coco_layout_and_labels(shapes_root):
 
 
 def test_regenerates_when_settings_change(tmp_path):
-    root = ensure_shapes(tmp_path, num_train=3, num_val=2, size=64, seed=0)
+    root = ensure_shapes(tmp_path, num_train=3, num_val=2, size=64, max_objects=4, seed=0)
     assert len(json.loads((root / "annotations/instances_val.json").read_text())["images"]) == 2
-    ensure_shapes(tmp_path, num_train=3, num_val=5, size=64, seed=0)
+    ensure_shapes(tmp_path, num_train=3, num_val=5, size=64, max_objects=4, seed=0)
     assert len(json.loads((root / "annotations/instances_val.json").read_text())["images"]) == 5
