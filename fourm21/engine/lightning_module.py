@@ -306,7 +306,7 @@ class MultiTaskModule(L.LightningModule):
         # and its EMA alike, so the average does not drift back to the old ones
         nets = [self.model] + ([self.inference_net] if self.inference_net is not self.model else [])
         for ev in self.evaluators if self.tune_thresholds else []:
-            if ev.mlc is not None and ev.mlc.probs and "mlc" in self.model.heads:
+            if ev.mlc is not None and ev.mlc.count and "mlc" in self.model.heads:
                 for net in nets:
                     net.heads["mlc"].thresholds.copy_(ev.mlc.thresholds.to(self.device))
         # the same on every DDP process (the evaluators gather first): sync_dist only says so to Lightning

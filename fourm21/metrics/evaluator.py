@@ -1,8 +1,12 @@
 """Collects every head's predictions over a data set and computes the flat ``task/metric`` dict.
 
-Under DDP each process sees a shard of the val set; ``compute`` first gathers every process's
-predictions and counts (``torch.distributed``), so COCOeval scores the whole set at once and every
-process returns the same numbers as a single-process run would.
+Each task's metrics read their own fields of the decoded predictions and the batch (``add``, in
+``classification.py``, ``segmentation.py``, ``image_labels.py``, keyed by head name here); the
+evaluator keeps only the COCO results of ``det`` / ``inst``. Under DDP each process sees a shard of the
+val set; ``compute`` first syncs: torchmetrics' own sync for every torchmetrics state (counts summed,
+multi-label scores concatenated), and the COCO results, which torchmetrics has no state for, gathered
+per image id, so COCOeval scores the whole set at once and every process returns the numbers a
+single-process run would.
 """
 
 from __future__ import annotations
@@ -29,11 +33,6 @@ COCO_TASKS = {"det": "bbox", "inst": "segm"}
 def world_size() -> int:
     """Processes in the default ``torch.distributed`` group; 1 when it is not initialised."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _local_only() -> bool:
-    """torchmetrics' ``distributed_available_fn`` for metrics the evaluator gathers itself."""
-    return False
 
 
 def _torchmetrics(obj: Any, prefix: str = "") -> list[tuple[str, Metric]]:
@@ -73,26 +72,18 @@ class MultiTaskEvaluator:
         self.attr = AttributeMetrics(attribute_groups) if "attr" in tasks and attribute_groups else None
         self.mlc = MultiLabelMetrics(num_labels, threshold_tuning) if "mlc" in tasks and num_labels else None
         self.coco_evals: dict[str, Any] = {}
-        # the evaluator gathers across processes itself, once (``gather``): torchmetrics must not sync on
-        # every compute() as well (that would be a collective call hidden in each plot and table)
-        self._metrics = [(f"{name}.{path}", m) for name in ("cls", "sem", "attr")
-                         if getattr(self, name) is not None for path, m in _torchmetrics(getattr(self, name))]
-        for _, m in self._metrics:
-            m.distributed_available_fn = _local_only
+        # task -> its metrics (each with add / compute / reset); their torchmetrics sync only in ``gather``
+        self.parts = {task: part for task, part in (("cls", self.cls), ("sem", self.sem), ("attr", self.attr),
+                                                     ("mlc", self.mlc)) if part is not None}
+        self._metrics = [m for part in self.parts.values() for _, m in _torchmetrics(part)]
         self.reset()
 
     def reset(self) -> None:
         self.coco_results: dict[int, list[dict]] = {}  # image id -> its COCO results entries
         self.coco_evals = {}
         self.gathered = False
-        if self.cls:
-            self.cls.reset()
-        if self.sem:
-            self.sem.reset()
-        if self.attr:
-            self.attr.reset()
-        if self.mlc:
-            self.mlc.reset()
+        for part in self.parts.values():
+            part.reset()
 
     @property
     def image_ids(self) -> list[int]:
@@ -108,25 +99,8 @@ class MultiTaskEvaluator:
         if self.gathered:
             raise RuntimeError("MultiTaskEvaluator.update after compute() gathered the processes' results; "
                                "call reset() first")
-        if self.cls is not None and "class_label" in preds[0]:
-            has = batch["has_label"].cpu()
-            pred = torch.stack([p["class_label"] for p in preds]).cpu()
-            probs = torch.stack([p["class_probs"] for p in preds]).cpu()
-            self.cls.update(pred[has], batch["label"].cpu()[has], probs[has])
-        if self.sem is not None and "semantic" in preds[0]:
-            has = batch["has_semantic"].cpu()
-            pred = torch.stack([p["semantic"] for p in preds]).cpu()
-            self.sem.update(pred[has], batch["semantic"].cpu()[has])
-        if self.attr is not None and batch["has_attributes"].any():
-            has = batch["has_attributes"].cpu()
-            for g, target in batch["attributes"].items():
-                if f"attr.{g}.label" in preds[0]:
-                    pred = torch.stack([p[f"attr.{g}.label"] for p in preds]).cpu()
-                    self.attr.update(g, pred[has], target.cpu()[has])
-        if self.mlc is not None and "label_probs" in preds[0]:
-            has = batch["has_labels"].cpu()
-            probs = torch.stack([p["label_probs"] for p in preds]).cpu()
-            self.mlc.update(probs[has], batch["labels"].cpu()[has])
+        for part in self.parts.values():
+            part.add(preds, batch)
         if self.coco_gt is not None and ("det" in self.tasks or "inst" in self.tasks):
             has = batch["has_boxes"].cpu()
             for p, meta, h in zip(preds, batch["meta"], has):
@@ -138,51 +112,31 @@ class MultiTaskEvaluator:
     def gather(self) -> None:
         """Under DDP: every process's state joins every other's (a collective call: all processes, same order).
 
-        COCO results are merged per image id, so an image that a padding ``DistributedSampler`` gave two
-        processes is scored once; the torchmetrics states (integer counts) are summed; the multi-label
-        scores concatenated. Afterwards each process holds the whole val set's state. A no-op in one
-        process, and done once between ``reset`` calls.
+        Every torchmetrics state is synced by torchmetrics itself (``Metric.sync``: each state reduced by
+        its own rule, counts summed, the multi-label scores concatenated); COCO results are merged per image
+        id, so an image that a padding ``DistributedSampler`` gave two processes is scored once. Afterwards
+        each process holds the whole val set's state. A no-op in one process, and done once between
+        ``reset`` calls.
         """
         if self.gathered or world_size() == 1:
             return
-        local = {"coco": self.coco_results, "metrics": {name: m.metric_state for name, m in self._metrics},
-                 "counts": {"cls": self.cls.count if self.cls else 0, "sem": self.sem.count if self.sem else 0,
-                            "attr": dict(self.attr.count) if self.attr else {}},
-                 "mlc": (self.mlc.probs, self.mlc.targets) if self.mlc else ([], [])}
+        for m in self._metrics:
+            m.sync(should_sync=True)
         states: list[Any] = [None] * world_size()
-        dist.all_gather_object(states, local)
-        rank = dist.get_rank()
+        dist.all_gather_object(states, self.coco_results)
         coco: dict[int, list[dict]] = {}
         for st in states:
-            for image_id, entries in st["coco"].items():
+            for image_id, entries in st.items():
                 coco.setdefault(image_id, entries)
         self.coco_results = dict(sorted(coco.items()))
-        others = [st for r, st in enumerate(states) if r != rank]
-        for name, m in self._metrics:
-            for st in others:
-                m.merge_state(st["metrics"][name])
-        if self.cls:
-            self.cls.count = sum(st["counts"]["cls"] for st in states)
-        if self.sem:
-            self.sem.count = sum(st["counts"]["sem"] for st in states)
-        if self.attr:
-            self.attr.count = {g: sum(st["counts"]["attr"][g] for st in states) for g in self.attr.count}
-        if self.mlc:
-            self.mlc.probs = [p for st in states for p in st["mlc"][0]]
-            self.mlc.targets = [t for st in states for t in st["mlc"][1]]
         self.gathered = True
 
     def compute(self) -> dict[str, float]:
         self.gather()
         out: dict[str, float] = {}
-        if self.cls is not None:
-            out.update({f"cls/{k}": v for k, v in self.cls.compute().items()})
-        if self.sem is not None:
-            out.update({f"sem/{k}": v for k, v in self.sem.compute().items()})
-        if self.attr is not None:
-            out.update(self.attr.compute())
-        if self.mlc is not None:
-            out.update({f"mlc/{k}": v for k, v in self.mlc.compute().items()})
+        for task, part in self.parts.items():  # attributes name their keys per group (attr.<group>/acc)
+            values = part.compute()
+            out.update(values if task == "attr" else {f"{task}/{k}": v for k, v in values.items()})
         if self.coco_gt is not None and self.image_ids:
             for task, iou_type in COCO_TASKS.items():
                 if task in self.tasks:

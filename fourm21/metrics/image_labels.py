@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torchmetrics.aggregation import CatMetric, SumMetric
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
@@ -10,32 +11,43 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
+from fourm21.metrics.classification import LOCAL
+
 
 class AttributeMetrics:
-    """Accuracy and macro F1 per attribute group over the images where the attribute is known."""
+    """The attribute heads (``attr``): accuracy and macro F1 per group over the images where it is known."""
 
     def __init__(self, groups: dict[str, int]) -> None:
         self.groups = dict(groups)
-        self.metrics = {g: (MulticlassAccuracy(n, average="micro", ignore_index=-1),
-                            MulticlassF1Score(n, average="macro", ignore_index=-1)) for g, n in self.groups.items()}
-        self.count = {g: 0 for g in self.groups}
+        self.metrics = {g: (MulticlassAccuracy(n, average="micro", ignore_index=-1, **LOCAL),
+                            MulticlassF1Score(n, average="macro", ignore_index=-1, **LOCAL))
+                        for g, n in self.groups.items()}
+        self.known = {g: SumMetric(**LOCAL) for g in self.groups}  # images with the attribute known
 
     def reset(self) -> None:
         for g, ms in self.metrics.items():
-            for m in ms:
+            for m in (*ms, self.known[g]):
                 m.reset()
-            self.count[g] = 0
+
+    def add(self, preds: list[dict[str, torch.Tensor]], batch: dict) -> None:
+        """One batch: each group's predicted value against the images that carry the attributes."""
+        if not batch["has_attributes"].any():
+            return
+        has = batch["has_attributes"].cpu()
+        for g, target in batch["attributes"].items():
+            if f"attr.{g}.label" in preds[0]:
+                self.update(g, torch.stack([p[f"attr.{g}.label"] for p in preds]).cpu()[has], target.cpu()[has])
 
     def update(self, group: str, pred: torch.Tensor, target: torch.Tensor) -> None:
         if group in self.metrics and (target >= 0).any():
             for m in self.metrics[group]:
                 m.update(pred.cpu(), target.cpu())
-            self.count[group] += int((target >= 0).sum())
+            self.known[group].update(float((target >= 0).sum()))
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for g, (acc, f1) in self.metrics.items():
-            if self.count[g]:
+            if int(self.known[g].sum_value):
                 out[f"attr.{g}/acc"] = float(acc.compute())
                 out[f"attr.{g}/f1_macro"] = float(f1.compute())
         accs = [v for k, v in out.items() if k.endswith("/acc")]
@@ -85,21 +97,36 @@ class MultiLabelMetrics:
         self.num_classes = num_classes
         self.tune = tune
         self.thresholds = torch.full((num_classes,), default)
-        self.reset()
+        # every image's probabilities and targets (thresholds are tuned on all of them): torchmetrics' "cat"
+        # states, concatenated over processes by their own sync
+        self.probs, self.targets = CatMetric(**LOCAL), CatMetric(**LOCAL)
+        self.images = SumMetric(**LOCAL)
+
+    @property
+    def count(self) -> int:
+        """Images scored (all processes' after a sync)."""
+        return int(self.images.sum_value)
 
     def reset(self) -> None:
-        self.probs: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
+        for m in (self.probs, self.targets, self.images):
+            m.reset()
+
+    def add(self, preds: list[dict[str, torch.Tensor]], batch: dict) -> None:
+        """One batch: the label probabilities of the images that carry multi-label targets."""
+        if "label_probs" in preds[0]:
+            has = batch["has_labels"].cpu()
+            self.update(torch.stack([p["label_probs"] for p in preds]).cpu()[has], batch["labels"].cpu()[has])
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
         if len(target):
-            self.probs.append(probs.float().cpu())
-            self.targets.append(target.cpu())
+            self.probs.update(probs.float().cpu())
+            self.targets.update(target.float().cpu())
+            self.images.update(float(len(target)))
 
     def compute(self, current: torch.Tensor | None = None) -> dict[str, float]:
-        if not self.probs:
+        if not self.count:
             return {}
-        probs, target = torch.cat(self.probs), torch.cat(self.targets).long()
+        probs, target = self.probs.compute(), self.targets.compute().long()
         if self.tune != "none":
             self.thresholds = tune_thresholds(probs, target, self.tune)
         elif current is not None:
