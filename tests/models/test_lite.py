@@ -5,15 +5,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fourm21.data.coco import CocoDataset
-from fourm21.data.collate import collate_samples
-from fourm21.data.transforms import build_dense_transform
 from fourm21.engine.common import CONFIG_DIR
 from fourm21.inference.decode import DecodeSettings, decode
-from fourm21.losses.heads import head_losses
-from fourm21.losses.multitask import MultiTaskLoss
-from fourm21.metrics.evaluator import MultiTaskEvaluator
 from fourm21.models.multitask import build_model
+from tests.engine.test_overfit import overfit_and_score
 
 HEADS = {"cls", "det", "inst", "sem"}
 
@@ -80,24 +75,7 @@ def test_lite_with_the_cifar10_experiment_keeps_only_classification():
 def test_lite_overfits_a_handful_of_images(shapes_root):
     """The default model's learning test (tests/engine/test_overfit.py): same data, steps and thresholds."""
     torch.manual_seed(0)
-    ds = CocoDataset(shapes_root / "images", shapes_root / "annotations/instances_train.json",
-                     build_dense_transform(64, train=False), semantic_dir=shapes_root / "semantic")
-    batch = collate_samples([ds[i] for i in range(8)])
-    model = build_model(lite_config())
-    criterion = MultiTaskLoss({"cls": 1.0, "det": 1.0, "inst": 1.0, "sem": 1.0})
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    first = None
-    for _ in range(250):
-        total, _ = criterion(head_losses(model, model(batch["image"]), batch))
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        first = first if first is not None else total.item()
-    assert total.item() < 0.2 * first
-    model.eval()
-    ev = MultiTaskEvaluator(["cls", "det", "inst", "sem"], ds, num_image_classes=4, num_sem_classes=4)
-    ev.update(decode(model(batch["image"]), tuple(batch["image"].shape[-2:]), DecodeSettings.from_net(model)), batch)
-    m = ev.compute()
+    m = overfit_and_score(build_model(lite_config()), shapes_root)
     assert m["cls/acc"] == 1.0
     assert m["det/map50"] >= 0.9, m
     assert m["inst/map50"] >= 0.8, m
