@@ -86,6 +86,7 @@ def _metrics(run_dir) -> dict:
     return {k: v for k, v in report.items() if not k.startswith("time/")}
 
 
+@pytest.mark.slow  # 15 s; the kill-and-resume test below needs determinism too (resumed == uninterrupted weights)
 def test_deterministic_runs_give_identical_metrics(tmp_path):
     reports = []
     for name in ("a", "b"):

@@ -72,6 +72,7 @@ def test_lite_with_the_cifar10_experiment_keeps_only_classification():
     assert model(torch.randn(2, 3, 32, 32))["cls"]["logits"].shape == (2, 10)
 
 
+@pytest.mark.slow  # 24 s; the default model's overfit test and the backbone sweep (gradients) stay in make test
 def test_lite_overfits_a_handful_of_images(shapes_root):
     """The default model's learning test (tests/engine/test_overfit.py): same data, steps and thresholds."""
     torch.manual_seed(0)
