@@ -64,3 +64,15 @@ def one_line(exc: BaseException) -> str:
 
 class TrainingError(Fourm21Error):
     """Training cannot go on (e.g. too many non-finite losses in a row); the last good checkpoint is kept."""
+
+
+def check_number(value: object, key: str, low: float | None = None, high: float | None = None, *,
+                 integer: bool = False, low_open: bool = False, high_open: bool = False) -> None:
+    """ConfigError naming ``key`` unless ``value`` is a number (an int with ``integer``) within the bounds."""
+    kind = "an integer" if integer else "a number"
+    if not isinstance(value, int if integer else int | float) or isinstance(value, bool):
+        raise ConfigError(f"{key}: must be {kind}, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(f"{key}: must be {'>' if low_open else '>='} {low:g}, got {value!r}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ConfigError(f"{key}: must be {'<' if high_open else '<='} {high:g}, got {value!r}")

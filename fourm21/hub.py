@@ -27,8 +27,6 @@ HF_PREFIX = "hf://"
 REPORT = "report.json"
 # report.json keys of these stages describe the run, not the model: left out of the card (kept in report.json)
 _NOT_METRICS = ("data", "time", "train")
-_PIPELINE = {"det": "object-detection", "inst": "image-segmentation", "sem": "image-segmentation",
-             "cls": "image-classification", "attr": "image-classification", "mlc": "image-classification"}
 
 
 def is_hub_uri(path: Any) -> bool:
@@ -100,9 +98,9 @@ def _metrics_table(metrics: Mapping[str, float]) -> list[str]:
 def model_card(model: Fourm21Model, report: Mapping[str, Any] | None = None, source: str | None = None,
                repo_id: str | None = None) -> str:
     """README.md for a saved model: Hub metadata, what the network is, its classes and its metrics."""
-    kinds = list(dict.fromkeys(model.settings.heads.values()))
-    pipeline = next((_PIPELINE[k] for k in ("det", "inst", "sem", "cls", "attr", "mlc") if k in kinds), None)
-    tags = ["fourm21", *dict.fromkeys(_PIPELINE[k] for k in kinds if k in _PIPELINE)]
+    tasks = sorted(model.settings.tasks.values(), key=lambda t: t.pipeline_rank)  # the first names the pipeline
+    pipeline = next((t.pipeline_tag for t in tasks if t.pipeline_tag), None)
+    tags = ["fourm21", *dict.fromkeys(t.pipeline_tag for t in tasks if t.pipeline_tag)]
     front = ["---", "library_name: fourm21", *([f"pipeline_tag: {pipeline}"] if pipeline else []), "tags:",
              *(f"- {t}" for t in tags), "---", ""]
     where = f"hf://{repo_id}" if repo_id else "path/to/this/directory"

@@ -264,9 +264,9 @@ def build_fourm21(args: argparse.Namespace) -> Subject:
     from fourm21.data.collate import collate_samples
     from fourm21.engine.common import CONFIG_DIR
     from fourm21.inference.decode import DecodeSettings, decode
-    from fourm21.losses.heads import head_losses
     from fourm21.losses.multitask import MultiTaskLoss
     from fourm21.models.multitask import build_model
+    from fourm21.tasks import head_losses
 
     overrides = ["model=multitask", f"model.backbone.name={BACKBONE}", f"data.img_size={args.size}",
                  f"data.num_classes={NUM_CLASSES}", f"data.num_image_classes={args.num_image_classes}",

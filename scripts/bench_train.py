@@ -366,7 +366,8 @@ def fourm21_bench(name: str, args: argparse.Namespace, root: Path, device: torch
 
     from fourm21.data.collate import collate_samples
     from fourm21.engine.lightning_module import MultiTaskModule
-    from fourm21.losses.heads import det_assign, head_loss, head_losses, loss_order
+    from fourm21.tasks import head_losses, tasks_of
+    from fourm21.tasks.detection import det_assign
 
     cfg = fourm21_config(name, args.size, args.batch, root, args.overrides)
     torch.manual_seed(args.seed)
@@ -440,11 +441,11 @@ def fourm21_bench(name: str, args: argparse.Namespace, root: Path, device: torch
         outputs = net(b["image"])
         cache: dict[str, Any] = {}
         out: dict[str, Record] = {}
-        order = loss_order(net.heads)
-        for i, head in enumerate(order):
+        order = tasks_of(net.heads)
+        for i, (head, task) in enumerate(order.items()):
             rec = out[f"loss.{head}"] = {}
             with meter.span(rec, "loss_fwd_ms"):
-                parts = head_loss(net.heads[head], outputs, b, cache)
+                parts = task.loss(head, net.heads[head], outputs, b, cache)
                 loss = criterion({head: parts})[0] if parts else None
             if loss is not None:
                 with meter.span(rec, "bwd_ms"):

@@ -99,3 +99,17 @@ def assert_trained(run_dir: Path, factor: float = 0.95) -> None:
     losses = val_losses(run_dir)
     assert len(losses) >= 2, f"{run_dir}: validated {len(losses)} training epoch(s), need two to compare"
     assert losses[-1] < factor * losses[0], f"{run_dir}: val loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+
+
+def evaluator(dataset, *heads: str, net=None):
+    """The evaluator training builds (``fourm21.inference.results.build_evaluator``) for ``net``'s heads, or for
+    a tiny network with only ``heads`` enabled (3 object classes, 4 image classes)."""
+    from fourm21.inference.decode import DecodeSettings
+    from fourm21.inference.results import build_evaluator
+    from fourm21.models.multitask import build_model
+
+    if net is None:
+        off = {f"heads.{h}.enabled": False for h in ("cls", "det", "inst", "sem") if h not in heads}
+        net = build_model(model_config(**off, **({"fusion.enabled": False} if "cls" not in heads else {})))
+    settings = DecodeSettings.from_net(net)
+    return build_evaluator(settings, {n: [net.heads[n]] for n in settings.tasks}, dataset, tune=True)

@@ -51,14 +51,4 @@ TARGETS: tuple[Target, ...] = (
     Target("caption_tokens", "caption_tokens", "has_caption", "sequence", 0),
 )
 
-# Which targets each task needs; used to build task masks and to check configs.
-TASK_TARGETS: dict[str, tuple[str, ...]] = {
-    "cls": ("label",),
-    "det": ("boxes", "box_labels"),
-    "inst": ("boxes", "box_labels", "masks"),
-    "sem": ("semantic",),
-    "attr": ("attributes",),
-    "mlc": ("labels",),
-}
-
 Sample = dict[str, Any]

@@ -42,7 +42,8 @@ from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, setup
 from fourm21.engine.evaluate import data_report
 from fourm21.engine.validate_config import check_config
 from fourm21.errors import ConfigError
-from fourm21.metrics.plots import PALETTE, denormalize, draw_prediction, plt
+from fourm21.inference.render import PALETTE, draw_frame, image_to_uint8
+from fourm21.metrics.plots import subplots
 
 COMMANDS = ("check", "show")
 SMALL_MEDIUM = (32, 96)  # COCO's small / medium / large boundaries: sqrt of the box area, pixels
@@ -270,8 +271,8 @@ def plot_class_counts(stats: Mapping[str, SplitStats], panels: list[tuple[str, s
                       colours: Mapping[str, np.ndarray], out_file: Path) -> Path:
     """Horizontal bars per class, one per split; a panel per ``(SplitStats field, title)``."""
     rows = max(len(_union(getattr(st, key) for st in stats.values())) for key, _ in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 1.2 + 0.28 * rows * len(stats) ** 0.5),
-                             squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(6 * len(panels), 1.2 + 0.28 * rows * len(stats) ** 0.5),
+                         squeeze=False)
     for ax, (key, title) in zip(axes.flat, panels):
         classes = _union(getattr(st, key) for st in stats.values())
         y = np.arange(len(classes))
@@ -285,7 +286,6 @@ def plot_class_counts(stats: Mapping[str, SplitStats], panels: list[tuple[str, s
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_file, dpi=110)
-    plt.close(fig)
     return out_file
 
 
@@ -300,7 +300,7 @@ def plot_stats(stats: Mapping[str, SplitStats], run_dir: Path) -> list[Path]:
         out.append(plot_class_counts(stats, panels, colours, run_dir / "data_classes.png"))
     with_boxes = {n: np.asarray(st.box_wh, dtype=np.float64) for n, st in stats.items() if st.box_wh}
     if with_boxes:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        fig, axes = subplots(1, 2, figsize=(11, 4))
         sides = {n: np.sqrt(wh.prod(1)) for n, wh in with_boxes.items()}
         aspects = {n: np.log2(np.maximum(wh[:, 0], 1e-6) / np.maximum(wh[:, 1], 1e-6)) for n, wh in with_boxes.items()}
         lo = max(min(float(s.min()) for s in sides.values()), 0.5)
@@ -321,11 +321,10 @@ def plot_stats(stats: Mapping[str, SplitStats], run_dir: Path) -> list[Path]:
             ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(run_dir / "data_boxes.png", dpi=110)
-        plt.close(fig)
         out.append(run_dir / "data_boxes.png")
     per_image = {n: np.asarray(st.per_image) for n, st in stats.items() if st.per_image}
     if per_image:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = subplots(figsize=(6, 4))
         top = max(int(v.max()) for v in per_image.values())
         for n, v in per_image.items():
             ax.hist(v, bins=np.arange(top + 2) - 0.5, weights=np.full(len(v), 1 / len(v)), histtype="step", lw=1.5,
@@ -335,7 +334,6 @@ def plot_stats(stats: Mapping[str, SplitStats], run_dir: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(run_dir / "data_per_image.png", dpi=110)
-        plt.close(fig)
         out.append(run_dir / "data_per_image.png")
     return out
 
@@ -392,22 +390,21 @@ def label_lines(sample: Mapping[str, Any], ds: Any) -> list[str]:
 
 
 def plot_ground_truth(items: list[tuple[Mapping[str, Any], Any]], out_file: Path, semantic: bool = True) -> Path:
-    """A grid of samples with their ground truth drawn as predictions are (``draw_prediction``): boxes and
+    """A grid of samples with their ground truth drawn as predictions are (``draw_frame``): boxes and
     masks in their class colours, the image class as title, attributes / multi-labels / caption top left;
     with ``semantic``, the semantic map in a panel of its own next to each image that has one."""
     panels = 2 if semantic and any("semantic" in s for s, _ in items) else 1
     cols = min(4, len(items))
     rows = math.ceil(len(items) / cols)
-    fig, axes = plt.subplots(rows, cols * panels, figsize=(3 * cols * panels, 3.4 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols * panels, figsize=(3 * cols * panels, 3.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, (sample, ds) in enumerate(items):
         r, c = divmod(i, cols)
         ax = axes[r, c * panels]
-        image = denormalize(sample["image"])
-        draw_prediction(ax, image, ground_truth(sample), getattr(ds, "class_names", []), score_thr=0.0)
-        for text in ax.texts:  # "circle 1.00": ground truth has no score to show
-            text.set_text(text.get_text().removesuffix(" 1.00"))
+        image = image_to_uint8(sample["image"])
+        ax.imshow(draw_frame(image, ground_truth(sample), getattr(ds, "class_names", []), [], score_thr=0.0,
+                             show_scores=False))  # ground truth has no score to show
         names, label = getattr(ds, "image_class_names", []), sample.get("label")
         title = [names[label] if label < len(names) else str(label)] if label is not None else []
         title.append(Path(str(sample.get("meta", {}).get("file_name", ""))).name)
@@ -416,11 +413,10 @@ def plot_ground_truth(items: list[tuple[Mapping[str, Any], Any]], out_file: Path
             ax.text(0.01, 0.99 - 0.08 * k, line, transform=ax.transAxes, fontsize=6, va="top", color="white",
                     bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "lw": 0})
         if panels == 2 and "semantic" in sample:
-            draw_prediction(axes[r, c * panels + 1], image, {"semantic": sample["semantic"]}, [], semantic=True)
+            axes[r, c * panels + 1].imshow(draw_frame(image, {"semantic": sample["semantic"]}, [], [], semantic=True))
             axes[r, c * panels + 1].set_title("semantic", fontsize=7)
     fig.tight_layout()
     fig.savefig(out_file, dpi=130)
-    plt.close(fig)
     return out_file
 
 

@@ -21,6 +21,7 @@ from fourm21.engine.semi_supervised import module_class
 from fourm21.engine.validate_config import check_config
 from fourm21.errors import CheckpointError, ConfigError, DatasetError
 from fourm21.inference.checkpoints import architecture, check_data_matches, load_state, read_checkpoint
+from fourm21.inference.render import plot_prediction_grid, plot_worst_images
 from fourm21.metrics.detection_errors import (
     class_list,
     detection_errors,
@@ -28,16 +29,10 @@ from fourm21.metrics.detection_errors import (
     results_to_prediction,
     worst_images,
 )
-from fourm21.metrics.evaluator import COCO_TASKS, MultiTaskEvaluator
-from fourm21.metrics.plots import (
-    plot_confusion_matrix,
-    plot_detection_confusion,
-    plot_loss_curves,
-    plot_pr_curves,
-    plot_prediction_grid,
-    plot_worst_images,
-)
+from fourm21.metrics.evaluator import MultiTaskEvaluator
+from fourm21.metrics.plots import plot_confusion_matrix, plot_detection_confusion, plot_loss_curves, plot_pr_curves
 from fourm21.metrics.report import confusion_markdown, per_class_ap_markdown, per_class_markdown, write_report
+from fourm21.tasks import override_values
 
 
 def load_module(ckpt_path: str | Path) -> MultiTaskModule:
@@ -80,7 +75,7 @@ def make_plots(module: MultiTaskModule, datamodule: Any, run_dir: Path) -> list[
         out.append(curves)
     val_sets = list(datamodule.val_sets.values())
     for ds, ev in zip(val_sets, module.evaluators):
-        matrix = ev.confusion_matrix()
+        matrix = next(iter(ev.confusion_matrices().values()), None)
         if matrix is not None:
             names = getattr(ds, "image_class_names", []) or [str(i) for i in range(len(matrix))]
             out.append(plot_confusion_matrix(matrix, names, run_dir / "confusion_matrix.png"))
@@ -146,9 +141,7 @@ def error_analysis(evaluators: list[MultiTaskEvaluator], val_sets: Mapping[str, 
         tag, suffix = ("", "") if len(scored) == 1 else (f"{name}/", f"_{name}")
         cat_ids, class_names = class_list(ev.coco_gt, ev.cat_ids)
         worst_done = False
-        for task, iou_type in COCO_TASKS.items():
-            if task not in ev.tasks:
-                continue
+        for task, iou_type in ev.coco.items():
             kind = "boxes" if iou_type == "bbox" else "masks"
             coco_ev = ev.coco_evals.get(task)
             if coco_ev is not None:
@@ -207,9 +200,10 @@ def evaluate_module(trainer: L.Trainer, module: MultiTaskModule, datamodule: Any
     for name, ds, ev in zip(names, datamodule.val_sets.values(), module.evaluators):
         prefix = "" if len(names) == 1 else f"{name}_"
         ev.write_predictions(run_dir / "predictions", prefix)
-        if ev.cls is not None and ev.cls.count:
-            sections[f"Per-class classification ({name})"] = per_class_markdown(
-                ev.cls.per_class_table(), getattr(ds, "image_class_names", []))
+        for part in ev.parts.values():  # the image classification heads: precision, recall, F1 per class
+            if hasattr(part, "per_class_table") and part.count:
+                sections[f"Per-class classification ({name})"] = per_class_markdown(
+                    part.per_class_table(), getattr(ds, "image_class_names", []))
     per_class, details, error_sections = error_analysis(module.evaluators, datamodule.val_sets, run_dir, stage,
                                                         settings, plots)
     sections.update(error_sections)
@@ -229,8 +223,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     setup_runtime(cfg)
     run_dir = run_dir_of(cfg)
     module = load_module(cfg.ckpt_path)
-    if cfg.get("sem_label_stride") is not None and "sem" in module.model.heads:
-        module.inference_net.heads["sem"].label_stride = int(cfg.sem_label_stride)  # what decoding reads
+    module.decode_overrides = override_values(cfg)  # keys no head of this model takes are ignored
     check_data_matches(module.hparams.model, cfg.data, cfg.ckpt_path)
     datamodule = instantiate(cfg.data.datamodule)
     datamodule.setup("validate")

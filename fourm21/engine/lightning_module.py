@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 import lightning as L
@@ -19,11 +18,11 @@ from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fourm21.errors import ConfigError
 from fourm21.inference.checkpoints import inference_prefix
 from fourm21.inference.decode import DecodeSettings, decode
-from fourm21.inference.letterbox import to_original_pixels
-from fourm21.losses.heads import head_losses
+from fourm21.inference.results import build_evaluator
 from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.metrics.evaluator import MultiTaskEvaluator, selection_score
 from fourm21.models.multitask import MultiTaskNet, build_model
+from fourm21.tasks import head_losses
 
 
 def ema_multi_avg_fn(decay: float, ramp_steps: float):
@@ -118,6 +117,8 @@ class MultiTaskModule(L.LightningModule):
         # multi-label thresholds are tuned on val while fitting only; a report (the end of training, fourm21-eval
         # on any split) scores at the thresholds the checkpoint holds (evaluate_module turns this off)
         self.tune_thresholds = True
+        # decode settings set for a report (fourm21-eval sem_label_stride=4 ...), see DecodeSettings.with_overrides
+        self.decode_overrides: dict[str, Any] = {}
         self._train_sums: dict[str, list] = {}  # loss part -> [sum over images, images] this training epoch
         self._averaged_at_step = 0  # global_step of the last EMA update (one update per optimiser step)
         self.evaluators: list[MultiTaskEvaluator] = []
@@ -251,19 +252,16 @@ class MultiTaskModule(L.LightningModule):
     def build_evaluators(self, val_sets: Mapping[str, Any] | Any) -> None:
         """One evaluator per val set (in val-loader order); each scores the tasks its labels cover."""
         sets = dict(val_sets) if isinstance(val_sets, Mapping) else {"main": val_sets}
-        heads = self.model.heads
-        self.evaluators = [MultiTaskEvaluator(
-            list(heads), ds,
-            num_image_classes=heads["cls"].num_classes if "cls" in heads else 0,
-            num_sem_classes=heads["sem"].num_classes if "sem" in heads else 0,
-            to_original=partial(to_original_pixels, mask_thr=heads["inst"].mask_thr) if "inst" in heads else
-            to_original_pixels,
-            attribute_groups=heads["attr"].groups if "attr" in heads else None,
-            num_labels=heads["mlc"].num_classes if "mlc" in heads else 0,
-            threshold_tuning=heads["mlc"].tune if "mlc" in heads and self.tune_thresholds else "none")
-            for ds in sets.values()]
+        nets = [self.inference_net] + ([self.model] if self.model is not self.inference_net else [])
+        settings = self.decode_settings(self.inference_net)
+        heads = {name: [net.heads[name] for net in nets] for name in settings.tasks}
+        self.evaluators = [build_evaluator(settings, heads, ds, self.tune_thresholds) for ds in sets.values()]
         self.val_set_names = list(sets)
         self.last_val_preds = {}
+
+    def decode_settings(self, net: MultiTaskNet) -> DecodeSettings:
+        """What validation decodes with: the heads' settings and the ``decode_overrides``."""
+        return DecodeSettings.from_net(net).with_overrides(**self.decode_overrides)
 
     @property
     def evaluator(self) -> MultiTaskEvaluator | None:
@@ -284,7 +282,7 @@ class MultiTaskModule(L.LightningModule):
             logs["loss"] = total.detach()  # a total over different task sets would mix unlike things
         self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=batch["image"].shape[0], on_epoch=True,
                       add_dataloader_idx=False, sync_dist=True)  # DDP: the mean over every process's images
-        preds = decode(outputs, tuple(batch["image"].shape[-2:]), DecodeSettings.from_net(net))
+        preds = decode(outputs, tuple(batch["image"].shape[-2:]), self.decode_settings(net))
         if dataloader_idx < len(self.evaluators):
             self.evaluators[dataloader_idx].update(preds, batch)
         if batch_idx == 0:
@@ -295,23 +293,12 @@ class MultiTaskModule(L.LightningModule):
         if not self.evaluators or self.trainer.sanity_checking:
             return
         metrics: dict[str, float] = {}
-        if not self.tune_thresholds and "mlc" in self.model.heads:  # scored at the checkpoint's own thresholds
-            for ev in self.evaluators:
-                if ev.mlc is not None:
-                    ev.mlc.thresholds = self.inference_net.heads["mlc"].thresholds.detach().cpu().clone()
-        for ev in self.evaluators:
+        for ev in self.evaluators:  # a task that tunes on val (multi-label thresholds) writes into the heads here
             metrics.update(ev.compute())
         self.last_metrics = dict(metrics)  # exact values: Lightning's logged copies are float32
-        # thresholds tuned on val go into the head, hence the checkpoint and predict; into the trained network
-        # and its EMA alike, so the average does not drift back to the old ones
-        nets = [self.model] + ([self.inference_net] if self.inference_net is not self.model else [])
-        for ev in self.evaluators if self.tune_thresholds else []:
-            if ev.mlc is not None and ev.mlc.count and "mlc" in self.model.heads:
-                for net in nets:
-                    net.heads["mlc"].thresholds.copy_(ev.mlc.thresholds.to(self.device))
         # the same on every DDP process (the evaluators gather first): sync_dist only says so to Lightning
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=False, sync_dist=True)
-        score = selection_score(metrics)
+        score = selection_score(metrics, self.evaluators[0].main_metrics)
         if score is not None:
             self.log("val/score", score, prog_bar=True, sync_dist=True)
 

@@ -17,7 +17,6 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pycocotools import mask as mask_utils
 from rich.progress import Progress, TextColumn
 
 from fourm21.data.images import SkipLog, check_policy, read_image_or_skip
@@ -26,77 +25,10 @@ from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of
 from fourm21.errors import ConfigError
 from fourm21.inference.loading import load
 from fourm21.inference.model import Fourm21Model, FramePrediction
+from fourm21.inference.render import draw_frame, save_overlay
+from fourm21.inference.results import caption_lines, coco_entries, image_fields, image_json, object_entries
 from fourm21.inference.tracking import Tracker
-from fourm21.metrics.draw import draw_frame
-from fourm21.metrics.plots import save_overlay
-
-
-def detection_entries(pred: dict[str, torch.Tensor], class_names: list[str], cat_ids: list[int] | None = None,
-                      masks: bool = True) -> list[dict]:
-    """One dict per detection: bbox [x0, y0, x1, y1] in original pixels, score, category id and name,
-    area, and (with ``masks``, when the model has a mask head) the RLE ``segmentation``.
-
-    ``cat_ids`` maps contiguous labels to the training data's category ids (COCO's 1..90); without
-    it, ids are label + 1."""
-    if "boxes" not in pred:
-        return []
-    entries = []
-    m = pred.get("masks") if masks else None
-    rles = mask_utils.encode(np.asfortranarray(m.numpy().astype(np.uint8).transpose(1, 2, 0))) \
-        if m is not None and len(m) else []
-    for i, (box, score, label) in enumerate(zip(pred["boxes"].tolist(), pred["scores"].tolist(),
-                                                pred["labels"].tolist())):
-        e = {"bbox": box, "score": round(float(score), 5),
-             "category_id": cat_ids[int(label)] if cat_ids else int(label) + 1,
-             "category_name": class_names[int(label)] if int(label) < len(class_names) else str(int(label)),
-             "area": (box[2] - box[0]) * (box[3] - box[1])}
-        if len(rles):
-            e["segmentation"] = {"size": rles[i]["size"], "counts": rles[i]["counts"].decode("ascii")}
-            e["area"] = float(mask_utils.area(rles[i]))
-        entries.append(e)
-    return entries
-
-
-def prediction_entries(pred: dict[str, torch.Tensor], image_id: int, class_names: list[str],
-                       cat_ids: list[int] | None = None) -> list[dict]:
-    """COCO results entries (bbox xywh, score, category, RLE mask) for one image's detections."""
-    entries = []
-    for d in detection_entries(pred, class_names, cat_ids):
-        x0, y0, x1, y1 = d.pop("bbox")
-        entries.append({"id": 0, "image_id": image_id, "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0, **d})
-    return entries
-
-
-def classification_entry(pred: dict[str, torch.Tensor], names: list[str]) -> dict | None:
-    if "class_label" not in pred:
-        return None
-    def name(k: int) -> str:
-        return names[k] if k < len(names) else str(k)
-    k = int(pred["class_label"])
-    return {"class_id": k, "class_name": name(k), "score": float(pred["class_probs"][k]),
-            "top5": [{"class_id": int(c), "class_name": name(int(c)), "score": round(float(p), 5)}
-                     for c, p in zip(pred["class_topk"], pred["class_topk_probs"])]}
-
-
-def image_label_entries(pred: dict[str, torch.Tensor], model: Fourm21Model) -> dict:
-    """Attributes ({group: {value, score}}) and multi-labels ([{id, name, score}] above the thresholds)."""
-    out: dict = {}
-    groups = sorted({k.split(".")[1] for k in pred if k.startswith("attr.")})
-    if groups:
-        names = model.attribute_classes
-        out["attributes"] = {}
-        for g in groups:
-            k = int(pred[f"attr.{g}.label"])
-            values = names.get(g, [])
-            out["attributes"][g] = {"value": values[k] if k < len(values) else k,
-                                    "score": round(float(pred[f"attr.{g}.probs"][k]), 5)}
-    if "label_set" in pred:
-        names = model.label_names
-        out["labels"] = [{"id": int(names[i]) if i < len(names) and names[i].isdigit() else i,
-                          "name": names[i] if i < len(names) else str(i),
-                          "score": round(float(pred["label_probs"][i]), 5)}
-                         for i in pred["label_set"].nonzero().flatten().tolist()]
-    return out
+from fourm21.tasks import override_values
 
 
 def read_captions(path: str | None) -> dict[str, str]:
@@ -108,12 +40,8 @@ def read_captions(path: str | None) -> dict[str, str]:
 
 
 def overlay_caption_lines(pred: dict[str, torch.Tensor], model: Fourm21Model) -> list[str]:
-    """The attribute and multi-label lines drawn in the top left of an overlay."""
-    extra = image_label_entries(pred, model)
-    lines = [f"{g}: {v['value']} {v['score']:.2f}" for g, v in extra.get("attributes", {}).items()]
-    if "labels" in extra:
-        lines.append("labels: " + (", ".join(f"{x['name']} {x['score']:.2f}" for x in extra["labels"]) or "none"))
-    return lines
+    """The lines drawn in the top left of an overlay (attributes, multi-labels ...)."""
+    return caption_lines(pred, model.meta, model.settings)
 
 
 def frame_record(frame: FramePrediction, model: Fourm21Model, masks: bool = True) -> dict:
@@ -122,11 +50,8 @@ def frame_record(frame: FramePrediction, model: Fourm21Model, masks: bool = True
     first when the frame was tracked)."""
     h, w = frame.image.shape[:2]
     record: dict = {"frame": frame.index, "time_s": round(frame.time_s, 4), "width": w, "height": h}
-    cls = classification_entry(frame.pred, model.image_class_names)
-    if cls is not None:
-        record["classification"] = cls
-    record.update(image_label_entries(frame.pred, model))
-    dets = detection_entries(frame.pred, model.class_names, model.meta.get("cat_ids"), masks)
+    record.update(image_fields(frame.pred, model.meta, model.settings))
+    dets = object_entries(frame.pred, model.meta, model.settings, masks)
     for d in dets:
         d["bbox"] = [round(v, 2) for v in d["bbox"]]
     if "track_ids" in frame.pred:
@@ -199,15 +124,11 @@ def predict_images(cfg: DictConfig, model: Fourm21Model, files: list[Path], run_
         preds = model.predict(arrays, batch_size=len(arrays), img_size=cfg.get("img_size"), captions=texts)
         for f, arr, pred in zip(chunk, arrays, preds):
             image_id = len(images) + 1
-            h, w = arr.shape[:2]
-            entry = {"id": image_id, "file_name": str(f), "height": h, "width": w}
-            cls = classification_entry(pred, model.image_class_names)
-            if cls is not None:
-                entry["classification"] = cls
-                top_classes[cls["class_name"]] += 1
-            entry.update(image_label_entries(pred, model))
+            entry = image_json(pred, model.meta, model.settings, image_id, str(f), arr.shape[:2])
+            if "classification" in entry:
+                top_classes[entry["classification"]["class_name"]] += 1
             images.append(entry)
-            dets = prediction_entries(pred, image_id, model.class_names, model.meta.get("cat_ids"))
+            dets = coco_entries(pred, image_id, model.meta, model.settings)
             for d in dets:
                 d["id"] = len(annotations) + 1
                 annotations.append(d)
@@ -333,7 +254,7 @@ def run_predict(cfg: DictConfig) -> dict:
     files, videos = list_media(cfg.source)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model: Fourm21Model = load(cfg.ckpt_path, device)
-    model.set_thresholds(cfg.score_thr, cfg.get("iou_thr"), cfg.get("max_det"), cfg.get("sem_label_stride"))
+    model.set_thresholds(**override_values(cfg))
     result: dict = {}
     report: list[str] = []
     with _new_progress() as progress:

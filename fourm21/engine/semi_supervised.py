@@ -24,7 +24,7 @@ from fourm21.engine.lightning_module import MultiTaskModule, build_ema, config_k
 from fourm21.engine.pseudo_labels import photometric_jitter, pseudo_targets
 from fourm21.errors import ConfigError
 from fourm21.inference.decode import DecodeSettings, decode
-from fourm21.losses.heads import head_losses
+from fourm21.tasks import head_losses
 
 TEACHERS = ("ema", "student")
 
@@ -69,9 +69,10 @@ class SemiSupervisedModule(MultiTaskModule):
         teacher.eval()
         with torch.no_grad():
             outputs = teacher(batch["image"])
-            preds = decode(outputs, tuple(batch["image"].shape[-2:]), DecodeSettings.from_net(teacher))
+            settings = DecodeSettings.from_net(teacher)
+            preds = decode(outputs, tuple(batch["image"].shape[-2:]), settings)
         teacher.train(was_training)
-        batch = pseudo_targets(outputs, preds, batch, config_key(self.semi, "thresholds", "semi"))
+        batch = pseudo_targets(outputs, preds, batch, config_key(self.semi, "thresholds", "semi"), settings)
         jitter = float(config_key(self.semi, "jitter", "semi"))
         batch["image"] = photometric_jitter(normalize_images(batch["image"]), jitter)
         total, logs = self.criterion(head_losses(self.model, self.model(batch["image"]), batch))

@@ -48,7 +48,7 @@ def run_serve(cfg: DictConfig) -> None:
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model = load(cfg.ckpt_path, device)
     app = create_app(model, settings, str(cfg.ckpt_path))
-    print(f"fourm21-serve: {cfg.ckpt_path} (heads: {', '.join(model.net.heads.keys())}) on "
+    print(f"fourm21-serve: {cfg.ckpt_path} (heads: {', '.join(model.heads)}) on "
           f"http://{settings.host}:{settings.port}/", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=cfg.log_level)
 

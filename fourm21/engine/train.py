@@ -22,6 +22,7 @@ from fourm21.engine.report_loggers import check_logger_packages, log_report, tra
 from fourm21.engine.semi_supervised import module_class
 from fourm21.engine.validate_config import check_config
 from fourm21.errors import ConfigError
+from fourm21.tasks import tasks_of_config
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
@@ -56,55 +57,11 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 
 
 def fill_from_data(cfg: DictConfig, datamodule) -> None:
-    """Head sizes and class lists the config leaves to the data (``data.num_classes: null``,
-    ``data.num_image_classes: null``, ``model.heads.attr.groups`` / ``data.groups: null``, ``data.class_ids`` /
-    ``data.num_labels: null``) are read from the training sets and written into ``cfg`` (so config.yaml records
-    them; the class lists reach the checkpoint's meta from the val sets, which read them from the training CSV)."""
-    dense = [n for n in ("det", "inst", "sem") if (cfg.model.heads.get(n) or {}).get("enabled")]
-    if dense and "num_classes" in cfg.data and cfg.data.num_classes is None:  # data=yolo / voc: the converted names
-        datamodule.setup("fit")
-        names = next((ds.class_names for ds in datamodule.train_sets.values()
-                      if getattr(ds, "class_names", None)), None)
-        if not names:
-            raise ConfigError(f"data.num_classes is null but no training data set names its object classes "
-                              f"(heads {', '.join(dense)}); set data.num_classes=N")
-        with open_dict(cfg):
-            cfg.data.num_classes = len(names)
-    cls = cfg.model.heads.get("cls")
-    if cls is not None and cls.get("enabled") and cfg.data.get("num_image_classes", 0) is None:
-        datamodule.setup("fit")
-        names = next((ds.image_class_names for ds in datamodule.train_sets.values()
-                      if getattr(ds, "image_class_names", None)), None)
-        if not names:
-            raise ConfigError("data.num_image_classes is null but no training data set names its image classes")
-        with open_dict(cfg):
-            cfg.data.num_image_classes = len(names)
-    attr = cfg.model.heads.get("attr")
-    if attr is not None and attr.get("enabled") and (not attr.get("groups") or cfg.data.get("groups", 0) is None):
-        datamodule.setup("fit")
-        classes = next((ds.attribute_classes for ds in datamodule.train_sets.values()
-                        if getattr(ds, "attribute_classes", None)), None)
-        if classes is None:
-            raise ConfigError("model.heads.attr is enabled but no training data set carries attributes")
-        with open_dict(cfg):
-            if not attr.get("groups"):
-                cfg.model.heads.attr.groups = {g: len(c) for g, c in classes.items()}
-            if cfg.data.get("groups", 0) is None:
-                cfg.data.groups = list(classes)
-    mlc = cfg.model.heads.get("mlc")
-    if mlc is not None and mlc.get("enabled") and "num_labels" in cfg.data:
-        datamodule.setup("fit")
-        ids = next((list(ds.class_ids) for ds in datamodule.train_sets.values()
-                    if getattr(ds, "class_ids", None)), None)
-        if ids is None:
-            raise ConfigError("model.heads.mlc is enabled but no training data set carries multi-label class ids")
-        if cfg.data.num_labels is not None and cfg.data.num_labels != len(ids):
-            raise ConfigError(f"data.num_labels: {cfg.data.num_labels}, but the training data has {len(ids)} "
-                              f"class ids {ids}; set data.num_labels={len(ids)} or leave it out (null)")
-        with open_dict(cfg):
-            cfg.data.num_labels = len(ids)
-            if cfg.data.get("class_ids") is None:
-                cfg.data.class_ids = ids
+    """Head sizes and class lists the config leaves to the data (``data.num_classes: null``, attribute groups,
+    multi-label class ids ...) are read from the training sets by each enabled head's task and written into
+    ``cfg`` (so config.yaml records them; the class lists reach the checkpoint's meta from the val sets)."""
+    for name, task in tasks_of_config(cfg.model).items():
+        task.fill_from_data(cfg, name, datamodule)
 
 
 def attach_unlabelled(cfg: DictConfig, datamodule) -> None:

@@ -17,7 +17,8 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fourm21.data.images import check_policy
-from fourm21.errors import ConfigError, DatasetError
+from fourm21.errors import ConfigError, DatasetError, check_number
+from fourm21.tasks import override_values, tasks_of_config
 
 # data keys that name files or folders (checked when no ``prepare`` step or download makes them)
 DATA_PATH_KEYS = ("root", "cifar10_root", "csv", "val_csv", "image_dir")
@@ -27,24 +28,14 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _number(value: Any, key: str, low: float | None = None, high: float | None = None, *, integer: bool = False,
-            low_open: bool = False, high_open: bool = False) -> None:
-    """ConfigError naming ``key`` unless ``value`` is a number (an int with ``integer``) within the bounds."""
-    kind = "an integer" if integer else "a number"
-    if not (isinstance(value, int) if integer else _is_number(value)) or isinstance(value, bool):
-        raise ConfigError(f"{key}: must be {kind}, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ConfigError(f"{key}: must be {'>' if low_open else '>='} {low:g}, got {value!r}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise ConfigError(f"{key}: must be {'<' if high_open else '<='} {high:g}, got {value!r}")
+_number = check_number
 
 
 def check_config(cfg: DictConfig) -> None:
     """Raise a ConfigError (or DatasetError / CheckpointError for paths) naming the first bad key."""
     if cfg.get("seed") is not None:
         _number(cfg.seed, "seed", 0, integer=True)
-    if cfg.get("sem_label_stride") is not None:  # fourm21-predict / fourm21-eval
-        _number(cfg.sem_label_stride, "sem_label_stride", 1, integer=True)
+    override_values(cfg)  # fourm21-predict / -eval / -serve: score_thr, max_det ... checked by the tasks taking them
     _check_optim(cfg.get("optim"))
     _check_loss(cfg.get("loss"))
     _check_trainer(cfg.get("trainer"))
@@ -144,29 +135,7 @@ def _check_heads(cfg: DictConfig) -> None:
     if img_size is not None and img_size % max_stride:
         raise ConfigError(f"data.img_size: {img_size} is not a multiple of the largest stride {max_stride}; "
                           f"use e.g. {max(max_stride, round(img_size / max_stride) * max_stride)}")
-    data_name = cfg.data.get("name") if cfg.get("data") is not None else None
-    for name, head in enabled.items():
-        if name == "cls" and head.get("num_classes") is None and cfg.data.get("num_image_classes", 0) is None:
-            continue  # data.num_image_classes: null is read from the training set's class folders
-        if name == "mlc" and head.get("num_classes") is None and cfg.data.get("num_labels", 0) is None:
-            continue  # data.num_labels: null is read from the training CSV's class ids
-        if name in ("det", "sem") and head.get("num_classes") is None and cfg.data.get("num_classes", 0) is None:
-            continue  # data.num_classes: null is read from the training set's categories (data=yolo, data=voc)
-        if "num_classes" in head:
-            _number(head.num_classes, f"model.heads.{name}.num_classes", integer=True)
-            if head.num_classes < 1:
-                raise ConfigError(f"model.heads.{name}.num_classes is {head.num_classes}: data '{data_name}' has no "
-                                  f"labels for this head; disable it (model.heads.{name}.enabled=false) or pick an "
-                                  f"experiment made for this data (e.g. experiment={data_name})")
-    if "attr" in enabled and not enabled["attr"].get("groups") and "groups" not in (cfg.get("data") or {}):
-        raise ConfigError(f"model.heads.attr is enabled but data '{data_name}' has no attribute columns "
-                          f"(data.groups); disable it (model.heads.attr.enabled=false) or use experiment=attributes")
-    det = enabled.get("det")
-    if det is not None:
-        for key, low, high, low_open in (("score_thr", 0, 1, False), ("iou_thr", 0, 1, True)):
-            if key in det:
-                _number(det[key], f"model.heads.det.{key}", low, high, low_open=low_open)
-        if "max_det" in det:
-            _number(det.max_det, "model.heads.det.max_det", 1, integer=True)
-    if "sem" in enabled and "label_stride" in enabled["sem"]:
-        _number(enabled["sem"].label_stride, "model.heads.sem.label_stride", 1, integer=True)
+    # each head's own keys, checked by its task (an eval config may name a checkpoint's heads without _target_)
+    built = {name: h for name, h in enabled.items() if "_target_" in h}
+    for name, task in tasks_of_config({"heads": built}).items():
+        task.check_config(cfg, name, enabled[name])

@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import save_file
 
 from fourm21.export.end2end import EndToEnd
-from fourm21.inference.decode import decode
+from fourm21.inference.decode import decode, decode_batch, split_images
 from fourm21.inference.loading import load
 from fourm21.inference.model import Fourm21Model
 from fourm21.inference.raw_outputs import RawOutputs, output_names, restore_outputs
@@ -29,15 +29,13 @@ def write_model_card(model: Fourm21Model, out_dir: Path, img_size: int | None = 
                      output_names: list[str] | None = None, extra_meta: dict | None = None) -> None:
     """``config.yaml`` (model config + inference meta) and ``classes.json``: what every export directory
     needs besides the network itself, so ``fourm21.load(out_dir)`` can decode its outputs without one:
-    the tuned multi-label thresholds, the semantic ``label_stride``, a graph's output names."""
+    every head's decode settings as in force (``meta.decode``: tuned multi-label thresholds, the semantic
+    ``label_stride`` an end-to-end graph bakes in ...), a graph's output names."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in model.meta.items() if k not in ("class_names", "image_class_names")}
     if img_size:
         meta["img_size"] = int(img_size)
-    if model.settings.mlc_thresholds is not None:
-        meta["mlc_thresholds"] = [float(t) for t in model.settings.mlc_thresholds]
-    if model.settings.sem_label_stride is not None:
-        meta["sem_label_stride"] = int(model.settings.sem_label_stride)
+    meta["decode"] = model.settings.saved()
     if output_names:
         meta["output_names"] = list(output_names)
     meta.update(extra_meta or {})
@@ -86,7 +84,7 @@ def same_detections(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], bo
 
 def _kept_boxes(model: Fourm21Model, names: list[str], tensors: list[torch.Tensor], size: tuple[int, int]) -> list:
     preds = decode(restore_outputs(names, tensors), size, model.settings)
-    return [(p["boxes"], p["scores"], p["labels"]) for p in preds]
+    return [(p["boxes"], p["scores"], p["labels"]) if "boxes" in p else None for p in preds]
 
 
 def compare_outputs(model: Fourm21Model, names: list[str], ours: list[torch.Tensor], theirs: list[torch.Tensor],
@@ -94,9 +92,8 @@ def compare_outputs(model: Fourm21Model, names: list[str], ours: list[torch.Tens
     """Max abs difference per raw output, and whether decoding both gives the same kept boxes."""
     diffs = {n: float((a.float() - b.float()).abs().max()) for n, a, b in zip(names, ours, theirs)}
     same = True
-    if any(n.startswith("det.") for n in names):
-        for a, b in zip(_kept_boxes(model, names, ours, size), _kept_boxes(model, names, theirs, size)):
-            same &= same_detections(a, b)
+    for a, b in zip(_kept_boxes(model, names, ours, size), _kept_boxes(model, names, theirs, size)):
+        same &= a is None or same_detections(a, b)
     return {"max_abs_diff": diffs, "max_abs_diff_all": max(diffs.values()), "same_kept_boxes": bool(same)}
 
 
@@ -128,14 +125,12 @@ def export_onnx_end2end(model: Fourm21Model, path: Path, img_size: int, opset: i
     """ONNX graph with decoding, NMS and mask assembly inside (``fourm21.export.end2end``)."""
     wrapper = EndToEnd(model.net.cpu().eval(), model.settings).eval()  # the exporter restores the mode onto the net
     example = torch.zeros(2, 3, img_size, img_size)
-    axes = {"images": {0: "batch"}, "cls_probs": {0: "batch"}, "sem_labels": {0: "batch"},
-            **{n: {0: "detections"} for n in wrapper.names if n.startswith("det_")}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # the TorchScript exporter maps torchvision's NMS to ONNX NonMaxSuppression
         torch.onnx.export(wrapper, (example,), str(path), input_names=["images"], output_names=wrapper.names,
                           opset_version=opset, dynamo=False,
-                          dynamic_axes={k: v for k, v in axes.items() if k == "images" or k in wrapper.names})
+                          dynamic_axes=wrapper.dynamic_axes())
     return {"exporter": "torchscript", "output_names": wrapper.names, "nms_in_graph": True}
 
 
@@ -151,25 +146,33 @@ def verify_onnx_end2end(model: Fourm21Model, path: Path, images: torch.Tensor) -
 
 
 def compare_end2end(model: Fourm21Model, got: dict[str, torch.Tensor], images: torch.Tensor) -> dict:
-    """An end-to-end graph's outputs ``got`` on ``images`` vs the PyTorch model's decoded predictions."""
+    """An end-to-end graph's outputs ``got`` on ``images`` vs the PyTorch model's decoding: the kept
+    detections of every image as sets (``same_kept_boxes``, their ``scores``' largest difference), each
+    float image-level output's largest difference and each integer one's agreement (``<name>_agree``: ties
+    may break differently)."""
+    size = tuple(images.shape[-2:])
     with torch.no_grad():
-        ref = decode(model.net.cpu().eval()(images), tuple(images.shape[-2:]), model.settings)
+        ref_batch = decode_batch(model.net.cpu().eval()(images), size, model.settings)
+    ref = split_images(ref_batch, len(images), size, model.settings)
+    mine_all = split_images(got, len(images), size, model.settings)
     same, diff = True, 0.0
-    for i, p in enumerate(ref):
-        sel = got["det_batch_index"] == i
-        mine = (got["det_boxes"][sel], got["det_scores"][sel], got["det_labels"][sel])
-        same &= same_detections(mine, (p["boxes"], p["scores"], p["labels"]))
-        if len(mine[1]) == len(p["scores"]) and len(p["scores"]):
-            diff = max(diff, float((canonical(*mine)[1] - canonical(p["boxes"], p["scores"], p["labels"])[1])
-                                   .abs().max()))
-    report = {"same_kept_boxes": bool(same), "max_abs_diff": {"det_scores": diff}, "max_abs_diff_all": diff}
-    if "cls_probs" in got:
-        probs = torch.stack([p["class_probs"] for p in ref])
-        report["max_abs_diff"]["cls_probs"] = float((got["cls_probs"] - probs).abs().max())
-        report["max_abs_diff_all"] = max(report["max_abs_diff_all"], report["max_abs_diff"]["cls_probs"])
-    if "sem_labels" in got:  # the fraction of pixels with the same class (ties may break differently)
-        labels = torch.stack([p["semantic"] for p in ref])
-        report["sem_labels_agree"] = float((got["sem_labels"] == labels).float().mean())
+    for mine, p in zip(mine_all, ref):
+        if "boxes" not in p:
+            continue
+        a, b = (mine["boxes"], mine["scores"], mine["labels"]), (p["boxes"], p["scores"], p["labels"])
+        same &= same_detections(a, b)
+        if len(a[1]) == len(b[1]) and len(b[1]):
+            diff = max(diff, float((canonical(*a)[1] - canonical(*b)[1]).abs().max()))
+    report: dict[str, Any] = {"same_kept_boxes": bool(same), "max_abs_diff": {"scores": diff}}
+    flat = {k for task in model.settings.tasks.values() for k in task.flat_keys}
+    for name, value in got.items():
+        if name in flat or name not in ref_batch:
+            continue
+        if value.is_floating_point():
+            report["max_abs_diff"][name] = float((value.float() - ref_batch[name].float()).abs().max())
+        else:
+            report[f"{name}_agree"] = float((value == ref_batch[name]).float().mean())
+    report["max_abs_diff_all"] = max(report["max_abs_diff"].values())
     return report
 
 
@@ -272,7 +275,8 @@ def export_openvino(model: Fourm21Model, xml_path: Path, img_size: int, opset: i
 def verify_openvino(model: Fourm21Model, xml_path: Path, images: torch.Tensor, precision: str = "f32") -> dict:
     """The IR in OpenVINO's CPU plugin at ``precision`` vs PyTorch: raw outputs and kept boxes, or, for an
     end-to-end IR, the checks of ``verify_onnx_end2end``."""
-    runner = OpenVinoRunner(xml_path, precision=precision)
+    runner = OpenVinoRunner(xml_path, precision=precision,
+                            decoded_keys=[k for task in model.settings.tasks.values() for k in task.decoded_keys])
     got = runner.run(images)
     report: dict[str, Any] = {"openvino_precision": runner.precision}
     if runner.decoded:

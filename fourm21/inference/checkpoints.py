@@ -16,9 +16,6 @@ import torch
 
 from fourm21.errors import CheckpointError
 
-# head -> the data key that sizes it (see fourm21/configs/model/multitask.yaml)
-HEAD_DATA_KEYS = {"cls": "num_image_classes", "det": "num_classes", "sem": "num_classes", "mlc": "num_labels"}
-
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The dict of a fourm21 training checkpoint (``weights_only`` load on the CPU).
@@ -159,14 +156,16 @@ def check_resume(path: str | Path, model_cfg: Mapping[str, Any], loss_cfg: Mappi
 
 
 def check_data_matches(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], path: str | Path) -> None:
-    """A checkpoint's heads have as many classes as ``data`` has labels, for every head the data sizes."""
+    """A checkpoint's heads have as many classes as ``data`` has labels, for every head the data sizes (its
+    task's ``data_keys``)."""
+    from fourm21.tasks import tasks_of_config
+
     heads = model_cfg.get("heads") or {}
-    for head, key in HEAD_DATA_KEYS.items():
-        h = heads.get(head)
-        have = data_cfg.get(key)
-        if not h or not h.get("enabled", True) or not isinstance(have, int) or have <= 0:
-            continue
-        if h.get("num_classes") != have:
-            raise CheckpointError(f"{path} has {h.get('num_classes')} classes in its '{head}' head but data "
+    for head, task in tasks_of_config(model_cfg).items():
+        for own, key in task.data_keys.items():
+            have = data_cfg.get(key)
+            if not isinstance(have, int) or have <= 0 or heads[head].get(own) == have:
+                continue
+            raise CheckpointError(f"{path} has {heads[head].get(own)} classes in its '{head}' head but data "
                                   f"'{data_cfg.get('name')}' has {have} (data.{key}); evaluate it on the data it "
                                   f"was trained on, or pick that data (data=...)")

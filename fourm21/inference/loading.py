@@ -49,19 +49,18 @@ def load_exported(directory: Path, device: str | torch.device = "cpu") -> Fourm2
         net = build_model(model_cfg)
         load_state(net, load_file(str(directory / "model.safetensors")), directory / "model.safetensors")
         return Fourm21Model.from_net(net, model_cfg, meta, device)
-    settings = DecodeSettings.from_config(model_cfg, meta.get("mlc_thresholds"))
+    settings = DecodeSettings.from_config(model_cfg, meta.get("decode"), meta)
+    decoded_keys = [k for task in settings.tasks.values() for k in task.decoded_keys]
     if (directory / "model.onnx").is_file():
-        runner = OnnxRunner(directory / "model.onnx", device)
+        runner = OnnxRunner(directory / "model.onnx", device, decoded_keys)
     elif (directory / "model.pt2").is_file():
         if not meta.get("output_names"):
             raise CheckpointError(f"{directory / 'config.yaml'}: meta.output_names is missing (export it again)")
         runner = ExportedProgramRunner(directory / "model.pt2", meta["output_names"], device)
     elif (directory / "model.xml").is_file():
         runner = OpenVinoRunner(directory / "model.xml", meta.get("output_names"),
-                                str(meta.get("openvino_precision") or "f32"))
+                                str(meta.get("openvino_precision") or "f32"), decoded_keys=decoded_keys)
     else:
         raise CheckpointError(f"exported model directory {directory} lacks model.safetensors, model.onnx, "
                               "model.pt2 or model.xml")
-    if "sem_label_stride" in meta:  # what the end-to-end graph was exported with
-        settings = settings.with_overrides(sem_label_stride=int(meta["sem_label_stride"]))
     return Fourm21Model(runner, model_cfg, meta, settings, None, device)

@@ -83,16 +83,13 @@ class Fourm21Model:
         """``batch`` in the memory layout the runner takes fastest (channels-last for PyTorch on a CPU)."""
         return self.runner.network_input(batch) if isinstance(self.runner, TorchRunner) else batch
 
-    def set_thresholds(self, score_thr: float | None = None, iou_thr: float | None = None,
-                       max_det: int | None = None, sem_label_stride: int | None = None) -> None:
-        """Change the decoding settings: the detection head's keys of the same names, and the semantic
-        head's ``label_stride`` (argmax on an (H/s, W/s) grid: faster on CPUs, coarser boundaries).
-        ``None`` keeps the model's value. An end-to-end ONNX graph keeps the NMS, ``max_det`` and
-        ``label_stride`` it was exported with; higher thresholds still apply to its output."""
-        if "sem" not in self.settings.heads.values():
-            sem_label_stride = None  # nothing to decode on a grid
-        self.settings = self.settings.with_overrides(score_thr=score_thr, iou_thr=iou_thr, max_det=max_det,
-                                                     sem_label_stride=sem_label_stride)
+    def set_thresholds(self, **values: float | int | None) -> None:
+        """Change the decoding settings a head's task lets users set (``Task.overrides``): ``score_thr``,
+        ``iou_thr``, ``max_det`` for detections, ``sem_label_stride`` (argmax on an (H/s, W/s) grid: faster
+        on CPUs, coarser boundaries) ...; ``None`` keeps the model's value and a key no head takes changes
+        nothing. An end-to-end ONNX graph keeps the NMS, ``max_det`` and ``label_stride`` it was exported
+        with; higher thresholds still apply to its output."""
+        self.settings = self.settings.with_overrides(**values)
 
     def preprocess(self, image: ImageLike, img_size: int | None = None) -> tuple[torch.Tensor, dict]:
         """One image -> normalised letterboxed (3, S, S) tensor and the meta that maps predictions back."""
@@ -147,17 +144,17 @@ class Fourm21Model:
         chunk = [self.preprocess(im, img_size) for im in images]
         batch = torch.stack([c[0] for c in chunk]).to(self.device)
         tokens = None
-        if captions is not None and "mlc" in self.settings.heads.values():
+        buckets = next((b for name, task in self.settings.tasks.items()
+                        if (b := task.text_buckets(self.model_config["heads"][name])) is not None), None)
+        if captions is not None and buckets is not None:
             from fourm21.data.text import tokenize
-            buckets = self.model_config["heads"]["mlc"].get("text", {}).get("num_buckets", 4096)
             tokens = torch.stack([tokenize(c, buckets) for c in captions]).to(self.device)
         size = tuple(batch.shape[-2:])
         outputs = self.runner(batch, tokens)
         preds = split_images(outputs, len(chunk), size, self.settings) if self.runner.decoded else \
             decode(outputs, size, self.settings)
-        mask_thr = self.settings.mask_thr if self.settings.mask_thr is not None else 0.5
         return [unletterbox({k: v.cpu() for k, v in p.items() if k != "locations"}, meta["orig_size"],
-                            meta["scale"], mask_thr) for p, (_, meta) in zip(preds, chunk)]
+                            meta["scale"], self.settings) for p, (_, meta) in zip(preds, chunk)]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Either way ``fourm21.inference.decode`` finishes the job, so every runner's pred
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import Protocol
 
@@ -45,18 +46,24 @@ class TorchRunner:
         return self.net(self.network_input(images), caption_tokens)
 
 
+def decodes_inside(names: list[str], decoded_keys: Collection[str]) -> bool:
+    """Whether a graph with outputs ``names`` is an end-to-end one: its outputs are decoded predictions (the
+    tasks' ``decoded_keys``), not raw head outputs (``task.key``)."""
+    return bool(set(names) & set(decoded_keys))
+
+
 class OnnxRunner:
     """An ONNX Runtime session over ``model.onnx``: raw head outputs (named ``task.key``) or, for an
-    end-to-end graph (an output named ``det_batch_index``), decoded ones."""
+    end-to-end graph (outputs among ``decoded_keys``, the tasks' decoded outputs), decoded ones."""
 
-    def __init__(self, path: Path, device: str | torch.device = "cpu") -> None:
+    def __init__(self, path: Path, device: str | torch.device = "cpu", decoded_keys: Collection[str] = ()) -> None:
         import onnxruntime as ort
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") else \
             ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), providers=providers)
         self.names = [o.name for o in self.session.get_outputs()]
-        self.decoded = "det_batch_index" in self.names
+        self.decoded = decodes_inside(self.names, decoded_keys)
 
     def __call__(self, images: torch.Tensor, caption_tokens: torch.Tensor | None = None) -> RawOrDecoded:
         arrays = [torch.from_numpy(a) for a in self.session.run(self.names, {"images": images.detach().cpu().numpy()})]
@@ -81,7 +88,7 @@ class ExportedProgramRunner:
 
 class OpenVinoRunner:
     """An OpenVINO IR (``model.xml`` + ``model.bin``) in OpenVINO's CPU plugin: raw head outputs (named
-    ``task.key``) or, for an IR of the end-to-end graph (an output named ``det_batch_index``), decoded ones.
+    ``task.key``) or, for an IR of the end-to-end graph (outputs among ``decoded_keys``), decoded ones.
 
     The IR has a dynamic batch; each input shape met is compiled as a static copy of it (0.2 s, once; up
     to ``max_shapes``, then the dynamic one), as the plugin runs static shapes 10-25 % faster (the default
@@ -91,7 +98,7 @@ class OpenVinoRunner:
     the CPU whatever ``device`` the model is on; outputs are CPU tensors."""
 
     def __init__(self, path: Path, output_names: list[str] | None = None, precision: str = "f32",
-                 threads: int | None = None, max_shapes: int = 4) -> None:
+                 threads: int | None = None, max_shapes: int = 4, decoded_keys: Collection[str] = ()) -> None:
         import openvino as ov
 
         self.core = ov.Core()
@@ -104,7 +111,7 @@ class OpenVinoRunner:
         missing = sorted(set(self.names) - {n for o in self.model.outputs for n in o.get_names()})
         if missing:
             raise CheckpointError(f"{path}: the graph has no output(s) {missing} (it has {graph_names})")
-        self.decoded = "det_batch_index" in self.names
+        self.decoded = decodes_inside(self.names, decoded_keys)
         self.max_shapes = max_shapes
         self.requests: dict[tuple[int, ...], object] = {}
         self.dynamic = None

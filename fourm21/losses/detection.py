@@ -58,8 +58,8 @@ def centerness_target(ltrb: torch.Tensor) -> torch.Tensor:
 
 def fcos_loss(cls_logits: torch.Tensor, box_ltrb: torch.Tensor, centerness: torch.Tensor, points: torch.Tensor,
               matched: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, valid: torch.Tensor,
-              focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> dict[str, torch.Tensor]:
-    """Detection losses over the images flagged in ``valid`` (B,).
+              focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Detection losses (classification, box, centerness) over the images flagged in ``valid`` (B,).
 
     cls_logits (B, L, C), box_ltrb (B, L, 4) in pixels, centerness (B, L), matched (B, L).
     """
@@ -74,7 +74,7 @@ def fcos_loss(cls_logits: torch.Tensor, box_ltrb: torch.Tensor, centerness: torc
     cls_loss = sigmoid_focal_loss(cls_logits[valid], target[valid], focal_alpha, focal_gamma, reduction="sum") / num_pos
     if len(bi) == 0:
         zero = (box_ltrb.sum() + centerness.sum()) * 0.0
-        return {"cls": cls_loss, "box": zero, "ctr": zero}
+        return cls_loss, zero, zero
     pts = points[li]
     gt = gt_boxes[bi, gi]
     gt_ltrb = torch.cat([pts - gt[:, :2], gt[:, 2:] - pts], dim=-1)
@@ -83,4 +83,4 @@ def fcos_loss(cls_logits: torch.Tensor, box_ltrb: torch.Tensor, centerness: torc
     giou = generalized_box_iou_loss(pred_boxes, gt, reduction="none")
     box_loss = (giou * ctr_t).sum() / ctr_t.sum().clamp(min=1e-6)
     ctr_loss = F.binary_cross_entropy_with_logits(centerness[bi, li], ctr_t, reduction="sum") / num_pos
-    return {"cls": cls_loss, "box": box_loss, "ctr": ctr_loss}
+    return cls_loss, box_loss, ctr_loss

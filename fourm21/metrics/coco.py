@@ -1,7 +1,7 @@
 """Box and instance-mask AP with pycocotools' COCOeval, in the original image coordinates.
 
-Predictions come in the original image's pixels (the evaluator's caller un-letterboxes them),
-category ids are mapped back to the data set's own ids, masks encoded as RLE.
+The results entries come from ``fourm21.inference.results`` (original pixels, the data set's category ids,
+masks as RLE); this module scores them.
 """
 
 from __future__ import annotations
@@ -9,36 +9,8 @@ from __future__ import annotations
 import contextlib
 import io
 
-import numpy as np
-import torch
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-
-
-def predictions_to_coco(pred: dict[str, torch.Tensor], image_id: int, cat_ids: list[int]) -> list[dict]:
-    """One image's decoded predictions (original pixels) -> COCO results entries (bbox, score, and
-    segmentation if masks)."""
-    if "boxes" not in pred or len(pred["boxes"]) == 0:
-        return []
-    boxes = pred["boxes"].cpu().numpy()
-    scores = pred["scores"].float().cpu().numpy()
-    labels = pred["labels"].cpu().numpy()
-    rles = None
-    if "masks" in pred:
-        binary = pred["masks"].cpu().numpy().astype(np.uint8)
-        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-    results = []
-    for i in range(len(scores)):
-        x0, y0, x1, y1 = boxes[i].tolist()
-        entry = {"image_id": image_id, "category_id": cat_ids[int(labels[i])],
-                 "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(scores[i])}
-        if rles is not None:
-            rle = rles[i]
-            entry["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
-        results.append(entry)
-    return results
-
 
 # The 12 numbers COCOeval.summarize() prints, in its order.
 STAT_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large",

@@ -1,18 +1,17 @@
 """Collects every head's predictions over a data set and computes the flat ``task/metric`` dict.
 
-Each task's metrics read their own fields of the decoded predictions and the batch (``add``, in
-``classification.py``, ``segmentation.py``, ``image_labels.py``, keyed by head name here); the
-evaluator keeps only the COCO results of ``det`` / ``inst``. Under DDP each process sees a shard of the
-val set; ``compute`` first syncs: torchmetrics' own sync for every torchmetrics state (counts summed,
-multi-label scores concatenated), and the COCO results, which torchmetrics has no state for, gathered
-per image id, so COCOeval scores the whole set at once and every process returns the numbers a
-single-process run would.
+Each head's metrics (``parts``, made by its task) read their own fields of the decoded predictions and the
+batch (``add``); heads scored by COCOeval (``coco``: ``{name: 'bbox' | 'segm'}``) hand their predictions to
+``to_results``, the one converter to COCO results. Under DDP each process sees a shard of the val set;
+``compute`` first syncs: torchmetrics' own sync for every torchmetrics state (counts summed, multi-label
+scores concatenated), and the COCO results, which torchmetrics has no state for, gathered per image id, so
+COCOeval scores the whole set at once and every process returns the numbers a single-process run would.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,7 @@ import torch
 import torch.distributed as dist
 from torchmetrics import Metric
 
-from fourm21.metrics.classification import ClassificationMetrics
-from fourm21.metrics.coco import coco_evaluate, predictions_to_coco, results_for
-from fourm21.metrics.image_labels import AttributeMetrics, MultiLabelMetrics
-from fourm21.metrics.segmentation import SegmentationMetrics
-
-# The metric each task contributes to the single model-selection score ``score``.
-MAIN_METRICS = {"cls": "acc", "det": "map", "inst": "map", "sem": "miou", "attr": "acc_mean", "mlc": "f1_micro"}
-COCO_TASKS = {"det": "bbox", "inst": "segm"}
+from fourm21.metrics.coco import coco_evaluate, results_for
 
 
 def world_size() -> int:
@@ -48,33 +40,35 @@ def _torchmetrics(obj: Any, prefix: str = "") -> list[tuple[str, Metric]]:
     return found
 
 
+def metric_key(name: str, key: str) -> str:
+    """A head's metric key in the report: ``det`` + ``map`` -> ``det/map``; keys a part starts with '.' or '/'
+    join without a slash (``attr`` + ``.colour/acc`` -> ``attr.colour/acc``)."""
+    return f"{name}{key}" if key[:1] in "./" else f"{name}/{key}"
+
+
 class MultiTaskEvaluator:
     """``update`` per batch with decoded predictions; ``compute`` returns e.g. ``{"cls/acc": ..., "det/map50": ...}``.
 
-    ``dataset`` is the evaluation data set: its ``coco`` ground truth (if any) is used by COCOeval,
-    its ``cat_ids`` map contiguous labels back to the data set's category ids. Only tasks whose
-    targets the data set carries produce metrics. ``to_original(pred, meta)`` maps one image's
-    prediction on the network input to its original pixels for COCOeval (the engine passes
-    ``fourm21.inference.letterbox.unletterbox``; by default predictions already are in original pixels).
+    ``parts``: ``{head name: metrics}`` (``add(preds, batch)``, ``compute()``, ``reset()``); ``coco``: the heads
+    COCOeval scores and their IoU type; ``dataset``: the evaluation data set, whose ``coco`` ground truth (if
+    any) COCOeval uses; ``to_results(pred, meta)``: one image's COCO results entries in its original pixels
+    (``fourm21.inference.results.CocoResults``); ``main_metrics``: ``{head name: metric}`` for ``score``.
+    Only heads whose targets the data set carries produce metrics.
     """
 
-    def __init__(self, tasks: list[str], dataset: Any, num_image_classes: int = 0, num_sem_classes: int = 0,
-                 attribute_groups: dict[str, int] | None = None, num_labels: int = 0,
-                 threshold_tuning: str = "per_class",
-                 to_original: Callable[[dict[str, torch.Tensor], dict], dict[str, torch.Tensor]] | None = None
-                 ) -> None:
-        self.tasks = list(tasks)
+    def __init__(self, dataset: Any, parts: Mapping[str, Any] | None = None, coco: Mapping[str, str] | None = None,
+                 to_results: Callable[[dict[str, torch.Tensor], dict], list[dict]] | None = None,
+                 main_metrics: Mapping[str, str] | None = None) -> None:
         self.coco_gt = getattr(dataset, "coco", None)
-        self.cat_ids = list(getattr(dataset, "cat_ids", []))
-        self.to_original = to_original
-        self.cls = ClassificationMetrics(num_image_classes) if "cls" in tasks and num_image_classes else None
-        self.sem = SegmentationMetrics(num_sem_classes) if "sem" in tasks and num_sem_classes else None
-        self.attr = AttributeMetrics(attribute_groups) if "attr" in tasks and attribute_groups else None
-        self.mlc = MultiLabelMetrics(num_labels, threshold_tuning) if "mlc" in tasks and num_labels else None
+        self.cat_ids = list(getattr(dataset, "cat_ids", []))  # contiguous label -> the data set's category id
+        self.coco = dict(coco or {}) if self.coco_gt is not None else {}
+        if self.coco and to_results is None:
+            raise ValueError("MultiTaskEvaluator: COCO-scored heads need to_results")
+        self.to_results = to_results
+        self.main_metrics = dict(main_metrics or {})
         self.coco_evals: dict[str, Any] = {}
-        # task -> its metrics (each with add / compute / reset); their torchmetrics sync only in ``gather``
-        self.parts = {task: part for task, part in (("cls", self.cls), ("sem", self.sem), ("attr", self.attr),
-                                                     ("mlc", self.mlc)) if part is not None}
+        # head name -> its metrics; their torchmetrics sync only in ``gather``
+        self.parts = {name: part for name, part in (parts or {}).items() if part is not None}
         self._metrics = [m for part in self.parts.values() for _, m in _torchmetrics(part)]
         self.reset()
 
@@ -101,13 +95,11 @@ class MultiTaskEvaluator:
                                "call reset() first")
         for part in self.parts.values():
             part.add(preds, batch)
-        if self.coco_gt is not None and ("det" in self.tasks or "inst" in self.tasks):
+        if self.coco:
             has = batch["has_boxes"].cpu()
             for p, meta, h in zip(preds, batch["meta"], has):
                 if h and meta["image_id"] not in self.coco_results:  # an image seen twice is scored once
-                    if self.to_original is not None and len(p.get("boxes", ())):
-                        p = self.to_original({k: v for k, v in p.items() if k != "semantic"}, meta)
-                    self.coco_results[meta["image_id"]] = predictions_to_coco(p, meta["image_id"], self.cat_ids)
+                    self.coco_results[meta["image_id"]] = self.to_results(p, meta)
 
     def gather(self) -> None:
         """Under DDP: every process's state joins every other's (a collective call: all processes, same order).
@@ -134,40 +126,41 @@ class MultiTaskEvaluator:
     def compute(self) -> dict[str, float]:
         self.gather()
         out: dict[str, float] = {}
-        for task, part in self.parts.items():  # attributes name their keys per group (attr.<group>/acc)
-            values = part.compute()
-            out.update(values if task == "attr" else {f"{task}/{k}": v for k, v in values.items()})
-        if self.coco_gt is not None and self.image_ids:
-            for task, iou_type in COCO_TASKS.items():
-                if task in self.tasks:
-                    stats, ev = coco_evaluate(self.coco_gt, self.results, self.image_ids, iou_type)
-                    self.coco_evals[task] = ev
-                    out.update({f"{task}/{k}": v for k, v in stats.items()})
+        for name, part in self.parts.items():
+            out.update({metric_key(name, k): v for k, v in part.compute().items()})
+        if self.image_ids:
+            for name, iou_type in self.coco.items():
+                stats, ev = coco_evaluate(self.coco_gt, self.results, self.image_ids, iou_type)
+                self.coco_evals[name] = ev
+                out.update({f"{name}/{k}": v for k, v in stats.items()})
         return out
 
-    def confusion_matrix(self) -> torch.Tensor | None:
+    def confusion_matrices(self) -> dict[str, torch.Tensor]:
+        """``{head name: (K, K) confusion matrix}`` of the heads whose metrics keep one and scored an image."""
         self.gather()
-        if self.cls is None or not self.cls.count:
-            return None
-        return self.cls.confusion.compute()
+        return {name: part.confusion.compute() for name, part in self.parts.items()
+                if hasattr(part, "confusion") and part.count}
+
+    def score(self, metrics: Mapping[str, float]) -> float | None:
+        """Mean of each scored head's main metric: one number to pick the best checkpoint."""
+        return selection_score(metrics, self.main_metrics)
 
     def write_predictions(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
         """COCO results files (``bbox.json``, ``segm.json``) exactly as COCOeval scored them."""
         self.gather()
-        if self.coco_gt is None or not self.image_ids:
+        if not self.coco or not self.image_ids:
             return []
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for task, iou_type in COCO_TASKS.items():
-            if task in self.tasks:
-                path = out_dir / f"{prefix}{iou_type}.json"
-                path.write_text(json.dumps(results_for(self.results, iou_type)))
-                written.append(path)
+        for iou_type in dict.fromkeys(self.coco.values()):
+            path = out_dir / f"{prefix}{iou_type}.json"
+            path.write_text(json.dumps(results_for(self.results, iou_type)))
+            written.append(path)
         return written
 
 
-def selection_score(metrics: dict[str, float]) -> float | None:
-    """Mean of each present task's main metric (``MAIN_METRICS``): one number to pick the best checkpoint."""
-    main = [metrics[f"{t}/{m}"] for t, m in MAIN_METRICS.items() if f"{t}/{m}" in metrics]
+def selection_score(metrics: Mapping[str, float], main_metrics: Mapping[str, str]) -> float | None:
+    """Mean of each present head's main metric (``{head name: metric}``): one number to pick the best checkpoint."""
+    main = [metrics[metric_key(n, m)] for n, m in main_metrics.items() if metric_key(n, m) in metrics]
     return sum(main) / len(main) if main else None

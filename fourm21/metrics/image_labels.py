@@ -15,7 +15,8 @@ from fourm21.metrics.classification import LOCAL
 
 
 class AttributeMetrics:
-    """The attribute heads (``attr``): accuracy and macro F1 per group over the images where it is known."""
+    """An attribute head: accuracy and macro F1 per group over the images where it is known. Keys: ``.<group>/acc``,
+    ``.<group>/f1_macro`` (the head's name goes in front: ``attr.colour/acc``) and ``/acc_mean``, ``/f1_macro_mean``."""
 
     def __init__(self, groups: dict[str, int]) -> None:
         self.groups = dict(groups)
@@ -29,15 +30,6 @@ class AttributeMetrics:
             for m in (*ms, self.known[g]):
                 m.reset()
 
-    def add(self, preds: list[dict[str, torch.Tensor]], batch: dict) -> None:
-        """One batch: each group's predicted value against the images that carry the attributes."""
-        if not batch["has_attributes"].any():
-            return
-        has = batch["has_attributes"].cpu()
-        for g, target in batch["attributes"].items():
-            if f"attr.{g}.label" in preds[0]:
-                self.update(g, torch.stack([p[f"attr.{g}.label"] for p in preds]).cpu()[has], target.cpu()[has])
-
     def update(self, group: str, pred: torch.Tensor, target: torch.Tensor) -> None:
         if group in self.metrics and (target >= 0).any():
             for m in self.metrics[group]:
@@ -48,13 +40,13 @@ class AttributeMetrics:
         out: dict[str, float] = {}
         for g, (acc, f1) in self.metrics.items():
             if int(self.known[g].sum_value):
-                out[f"attr.{g}/acc"] = float(acc.compute())
-                out[f"attr.{g}/f1_macro"] = float(f1.compute())
+                out[f".{g}/acc"] = float(acc.compute())
+                out[f".{g}/f1_macro"] = float(f1.compute())
         accs = [v for k, v in out.items() if k.endswith("/acc")]
         if accs:
-            out["attr/acc_mean"] = sum(accs) / len(accs)
+            out["/acc_mean"] = sum(accs) / len(accs)
             f1s = [v for k, v in out.items() if k.endswith("/f1_macro")]
-            out["attr/f1_macro_mean"] = sum(f1s) / len(f1s)
+            out["/f1_macro_mean"] = sum(f1s) / len(f1s)
         return out
 
 
@@ -110,12 +102,6 @@ class MultiLabelMetrics:
     def reset(self) -> None:
         for m in (self.probs, self.targets, self.images):
             m.reset()
-
-    def add(self, preds: list[dict[str, torch.Tensor]], batch: dict) -> None:
-        """One batch: the label probabilities of the images that carry multi-label targets."""
-        if "label_probs" in preds[0]:
-            has = batch["has_labels"].cpu()
-            self.update(torch.stack([p["label_probs"] for p in preds]).cpu()[has], batch["labels"].cpu()[has])
 
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
         if len(target):

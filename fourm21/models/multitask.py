@@ -37,9 +37,6 @@ class MultiTaskNet(nn.Module):
             if missing:
                 raise ConfigError(f"model.heads.{name}.strides: {missing} not among the neck's strides {neck.strides} "
                                   f"(backbone '{self.backbone.name}' gives {self.backbone.strides})")
-            for req in head.requires:
-                if req not in self.heads:
-                    raise ConfigError(f"model.heads.{name} needs head '{req}', which is disabled")
 
     def _levels(self, feats: list[torch.Tensor], strides: list[int]) -> list[torch.Tensor]:
         return [feats[self.neck.strides.index(s)] for s in strides]
@@ -57,11 +54,11 @@ class MultiTaskNet(nn.Module):
         out: dict[str, dict[str, torch.Tensor]] = {}
         for name, head in self.heads.items():
             if head.source == "backbone":
-                out[name] = head(feats, text=caption_tokens) if getattr(head, "uses_text", False) else head(feats)
+                out[name] = head(feats, text=caption_tokens) if head.uses_text else head(feats)
         dense = self.neck(feats[self.neck_first:])
         if self.fusion is not None:
-            cls_logits = out["cls"]["logits"] if "cls" in out else None
-            dense = self.fusion(dense, feats[-1], cls_logits)
+            context = next((out[n]["logits"] for n, h in self.heads.items() if h.fusion_context and n in out), None)
+            dense = self.fusion(dense, feats[-1], context)
         for name, head in self.heads.items():
             if head.source == "neck":
                 out[name] = head(self._levels(dense, head.strides))
@@ -78,12 +75,21 @@ def _first_neck_level(cfg: DictConfig, strides: list[int]) -> int:
     return max([i for i, s in enumerate(strides) if s <= finest] or [0])
 
 
+def _key(section: Mapping, key: str, where: str):
+    """``section[key]``; a ConfigError naming ``where.key`` when the config leaves it out (the shipped
+    fourm21/configs/model/*.yaml sets every key: no default in code)."""
+    if key not in section:
+        raise ConfigError(f"{where}.{key} is missing from the config (fourm21/configs/model/multitask.yaml sets it)")
+    return section[key]
+
+
 def build_model(cfg: DictConfig | Mapping) -> MultiTaskNet:
     """Assemble the network from ``model`` config: backbone, neck, fusion, and every enabled head."""
     cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
     backbone = TimmBackbone(**OmegaConf.to_container(cfg.backbone, resolve=True))
-    neck_cfg = OmegaConf.to_container(cfg.neck, resolve=True)
-    first = _first_neck_level(cfg, backbone.strides) if neck_cfg.pop("skip_unused", False) else 0
+    neck_cfg = OmegaConf.to_container(_key(cfg, "neck", "model"), resolve=True)
+    first = _first_neck_level(cfg, backbone.strides) if _key(neck_cfg, "skip_unused", "model.neck") else 0
+    neck_cfg.pop("skip_unused")
     neck = FpnPan(backbone.channels[first:], backbone.strides[first:], **neck_cfg)
     heads: dict[str, Head] = {}
     for name, hcfg in cfg.heads.items():
@@ -102,10 +108,11 @@ def build_model(cfg: DictConfig | Mapping) -> MultiTaskNet:
         head.name = name
         heads[name] = head
     fusion = None
-    fcfg = cfg.get("fusion")
-    if fcfg is not None and fcfg.get("enabled", False):
-        num_cls = heads["cls"].num_classes if "cls" in heads and fcfg.get("use_class_probs", True) else 0
+    fcfg = _key(cfg, "fusion", "model")
+    if _key(fcfg, "enabled", "model.fusion"):
+        context = [h.num_classes for h in heads.values() if h.fusion_context]
+        num_cls = context[0] if context and _key(fcfg, "use_class_probs", "model.fusion") else 0
         fusion = ContextFusion(backbone.channels[-1], neck.channels, len(neck.strides), num_cls,
-                               hidden=fcfg.get("hidden", 128))
-    net = MultiTaskNet(backbone, neck, heads, fusion, channels_last=bool(cfg.get("channels_last", False)))
+                               hidden=_key(fcfg, "hidden", "model.fusion"))
+    net = MultiTaskNet(backbone, neck, heads, fusion, channels_last=bool(_key(cfg, "channels_last", "model")))
     return keep_fp32_under_cpu_autocast(net)

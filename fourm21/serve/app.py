@@ -40,7 +40,7 @@ def _error(status: int, message: str) -> JSONResponse:
 def create_app(model: Fourm21Model, settings: ServeSettings, model_path: str = "") -> FastAPI:
     """The service over a loaded model; requests are micro-batched into ``model.predict`` calls.
     The model's thresholds are set here from ``settings``, so ``/info`` reports what is in force."""
-    model.set_thresholds(settings.score_thr, settings.iou_thr, settings.max_det, settings.sem_label_stride)
+    model.set_thresholds(**settings.decode)
     page = files("fourm21.serve").joinpath("index.html").read_text(encoding="utf-8")
 
     def run_batch(images: Sequence[np.ndarray]) -> list[dict[str, torch.Tensor]]:
@@ -87,7 +87,7 @@ def create_app(model: Fourm21Model, settings: ServeSettings, model_path: str = "
     @app.get("/info")
     async def info() -> dict:
         cat_ids = model.meta.get("cat_ids") or list(range(1, len(model.class_names) + 1))
-        return {"model": model_path, "heads": list(model.net.heads.keys()),
+        return {"model": model_path, "heads": list(model.heads),
                 "class_names": model.class_names, "image_class_names": model.image_class_names,
                 "categories": [{"id": c, "name": n} for c, n in zip(cat_ids, model.class_names)],
                 "img_size": settings.img_size or model.img_size,

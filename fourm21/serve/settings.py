@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from omegaconf import DictConfig
 
 from fourm21.errors import ConfigError
+from fourm21.tasks import override_keys, override_values
 
 
 @dataclass(frozen=True)
@@ -21,18 +23,15 @@ class ServeSettings:
     max_image_pixels: int
     request_timeout_s: float
     img_size: int | None
-    score_thr: float
-    iou_thr: float | None
-    max_det: int | None
-    sem_label_stride: int | None
+    score_thr: float  # also the score the overlay draws from
     masks: bool
     show_semantic: bool
+    decode: dict[str, Any] = field(default_factory=dict)  # the set decode keys (score_thr, max_det ...): set_thresholds
 
     @property
     def thresholds(self) -> dict:
-        """The decoding settings given to ``set_thresholds`` (None: the model's own)."""
-        return {"score_thr": self.score_thr, "iou_thr": self.iou_thr, "max_det": self.max_det,
-                "sem_label_stride": self.sem_label_stride}
+        """Every decode key a task takes, with its value here (None: the model's own)."""
+        return {k: self.decode.get(k) for k in override_keys()}
 
     @property
     def max_upload_bytes(self) -> int:
@@ -40,7 +39,7 @@ class ServeSettings:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> ServeSettings:
-        values = {f.name: cfg.get(f.name) for f in fields(cls)}
+        values: dict[str, Any] = {f.name: cfg.get(f.name) for f in fields(cls) if f.name != "decode"}
         for key, (lo, hi, optional) in _RANGES.items():
             if not (optional and values[key] is None):
                 _check_number(key, values[key], lo, hi)
@@ -50,14 +49,13 @@ class ServeSettings:
         for key in ("masks", "show_semantic"):
             if not isinstance(values[key], bool):
                 raise ConfigError(f"{key}: must be true or false, got {values[key]!r}")
-        return cls(**values)
+        return cls(**values, decode=override_values(cfg))
 
 
 # key: (lowest, highest, null allowed)
 _RANGES = {"port": (0, 65535, False), "max_batch_size": (1, None, False), "batch_timeout_s": (0, None, False),
            "max_upload_mb": (0, None, False), "max_image_pixels": (1, None, False),
-           "request_timeout_s": (0, None, False), "score_thr": (0, 1, False), "img_size": (1, None, True),
-           "iou_thr": (0, 1, True), "max_det": (1, None, True), "sem_label_stride": (1, None, True)}
+           "request_timeout_s": (0, None, False), "score_thr": (0, 1, False), "img_size": (1, None, True)}
 
 
 def _check_number(key: str, value: object, lo: float | None, hi: float | None) -> None:

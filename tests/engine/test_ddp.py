@@ -22,7 +22,7 @@ from fourm21.data.mixed import RatioBatchSampler
 from fourm21.data.transforms import build_dense_transform
 from fourm21.metrics.coco import results_for
 from fourm21.metrics.evaluator import MultiTaskEvaluator
-from tests.conftest import run_cli
+from tests.conftest import evaluator, run_cli
 
 TASKS = ["cls", "det", "inst", "sem"]
 NUM_IMAGES = 11  # odd: the two processes get 6 and 5 images
@@ -34,8 +34,7 @@ def _dataset(root: Path) -> CocoDataset:
 
 
 def _evaluator(ds: CocoDataset, tasks: list[str] = TASKS) -> MultiTaskEvaluator:
-    return MultiTaskEvaluator(tasks, ds, num_image_classes=4 if "cls" in tasks else 0,
-                              num_sem_classes=4 if "sem" in tasks else 0)
+    return evaluator(ds, *tasks)
 
 
 def _preds(batch: dict) -> list[dict]:
@@ -87,7 +86,7 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
             _score(ev, ds, list(range(rank, NUM_IMAGES, world)) + (extra if rank == world - 1 else []))
             metrics = ev.compute()
             if rank == 0:  # after compute, tables, plots and files are local work: no other process takes part
-                matrix = ev.confusion_matrix()
+                matrix = ev.confusion_matrices().get("cls")
                 ev.write_predictions(Path(out) / case)
                 metrics["confusion_total"] = float(matrix.sum()) if matrix is not None else 0.0
                 metrics["num_results"] = float(len(ev.results))

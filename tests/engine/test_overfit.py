@@ -10,11 +10,10 @@ from fourm21.data.coco import CocoDataset
 from fourm21.data.collate import collate_samples
 from fourm21.data.transforms import build_dense_transform
 from fourm21.inference.decode import DecodeSettings, decode
-from fourm21.losses.heads import head_losses
 from fourm21.losses.multitask import MultiTaskLoss
-from fourm21.metrics.evaluator import MultiTaskEvaluator
 from fourm21.models.multitask import build_model
-from tests.conftest import model_config
+from fourm21.tasks import head_losses
+from tests.conftest import evaluator, model_config
 
 
 def overfit_and_score(model: torch.nn.Module, shapes_root, steps: int = 250) -> dict[str, float]:
@@ -34,7 +33,7 @@ def overfit_and_score(model: torch.nn.Module, shapes_root, steps: int = 250) -> 
         first = first if first is not None else total.item()
     assert total.item() < 0.2 * first
     model.eval()
-    ev = MultiTaskEvaluator(["cls", "det", "inst", "sem"], ds, num_image_classes=4, num_sem_classes=4)
+    ev = evaluator(ds, net=model)
     ev.update(decode(model(batch["image"]), tuple(batch["image"].shape[-2:]), DecodeSettings.from_net(model)), batch)
     return ev.compute()
 

@@ -5,7 +5,8 @@ import torch
 from fourm21.data.sample import IGNORE_INDEX
 from fourm21.engine.evaluate import load_module
 from fourm21.engine.pseudo_labels import photometric_jitter, pseudo_targets
-from tests.conftest import TINY, run_cli
+from fourm21.inference.decode import DecodeSettings
+from tests.conftest import TINY, model_config, run_cli
 
 
 def _unlabelled_batch(b: int = 2, size: int = 8) -> dict:
@@ -27,7 +28,10 @@ def test_pseudo_targets_keep_only_confident_predictions():
              {"class_probs": torch.tensor([0.6, 0.4]), "boxes": box[:0], "scores": torch.zeros(0),
               "labels": torch.zeros(0, dtype=torch.long), "masks": mask[:0]}]
     thr = {"cls": 0.9, "det": 0.5, "sem": 0.8, "attr": 0.9, "mlc": 0.9}
-    out = pseudo_targets(outputs, preds, _unlabelled_batch(b, size), thr)
+    settings = DecodeSettings.from_config(model_config(**{
+        "heads.attr.enabled": True, "heads.attr.groups": {"colour": 2}, "heads.mlc.enabled": True,
+        "heads.mlc.num_classes": 2}))
+    out = pseudo_targets(outputs, preds, _unlabelled_batch(b, size), thr, settings)
 
     assert out["has_label"].tolist() == [True, False] and out["label"].tolist() == [0, -1]
     assert out["gt_boxes"].shape == (2, 1, 4) and out["gt_labels"].tolist() == [[2], [-1]]

@@ -9,8 +9,9 @@ from omegaconf import OmegaConf
 
 from fourm21.engine.predict import frame_record, run_predict, tracker_from_config, update_trails
 from fourm21.errors import ConfigError
+from fourm21.inference.decode import DecodeSettings
 from fourm21.inference.model import FramePrediction
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, model_config, run_cli
 from tests.engine.test_predict_video import count_frames
 from tests.inference.test_tracking import NUM_FRAMES, write_moving_shapes
 
@@ -81,7 +82,10 @@ def test_frame_records_and_trails_follow_track_ids():
             "scores": torch.tensor([0.9, 0.5]), "labels": torch.tensor([0, 1]), "track_ids": torch.tensor([7, 3])}
 
     class Names:
-        class_names, image_class_names, attribute_classes, label_names, meta = ["a", "b"], [], {}, [], {}
+        class_names, image_class_names, attribute_classes, label_names = ["a", "b"], [], {}, []
+        meta = {"class_names": ["a", "b"]}
+        settings = DecodeSettings.from_config(model_config(**{f"heads.{h}.enabled": False
+                                                              for h in ("cls", "inst", "sem")}))
 
     record = frame_record(FramePrediction(0, 0.0, torch.zeros(40, 40, 3).numpy(), pred), Names())
     assert [(d["track_id"], d["category_name"]) for d in record["detections"]] == [(7, "a"), (3, "b")]

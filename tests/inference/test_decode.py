@@ -12,17 +12,18 @@ from tests.conftest import model_config
 def _per_image_reference(raw: dict, size: tuple[int, int], s: DecodeSettings) -> list[tuple]:
     """Image by image, the textbook way: top-k, threshold, per-class NMS, max_det."""
     scores = (raw["cls_logits"].sigmoid() * raw["centerness"].sigmoid()[..., None]).sqrt()
+    s = s.of("det")
     out = []
     for i in range(scores.shape[0]):
         flat = scores[i].flatten()
-        top_s, top_i = flat.topk(min(s.pre_nms_topk, flat.numel()))
-        keep = top_s > s.score_thr
+        top_s, top_i = flat.topk(min(s["pre_nms_topk"], flat.numel()))
+        keep = top_s > s["score_thr"]
         top_s, top_i = top_s[keep], top_i[keep]
         loc, lab = top_i // scores.shape[-1], top_i % scores.shape[-1]
         boxes = decode_ltrb(raw["points"][loc], raw["box_ltrb"][i, loc])
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, size[1])
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, size[0])
-        kept = batched_nms(boxes, top_s, lab, s.iou_thr)[: s.max_det]
+        kept = batched_nms(boxes, top_s, lab, s["iou_thr"])[: s["max_det"]]
         out.append((boxes[kept], top_s[kept], lab[kept], loc[kept]))
     return out
 
@@ -51,7 +52,7 @@ def test_settings_from_the_config_equal_those_of_the_built_heads():
     cfg = model_config(**{"heads.det.score_thr": 0.21, "heads.sem.label_stride": 4})
     net = build_model(cfg)
     assert DecodeSettings.from_config(cfg) == DecodeSettings.from_net(net)
-    assert DecodeSettings.from_config(cfg).score_thr == 0.21
+    assert DecodeSettings.from_config(cfg).of("det")["score_thr"] == 0.21
 
 
 def test_higher_thresholds_apply_to_an_already_decoded_batch():

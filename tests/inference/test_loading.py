@@ -23,7 +23,7 @@ def test_onnx_export_decodes_with_the_tuned_multilabel_thresholds(tmp_path):
     export_onnx(model, out / "model.onnx", 64)
     loaded = fourm21.load(out)
     assert loaded.net is None  # ONNX Runtime runs it; nothing is rebuilt with random weights
-    torch.testing.assert_close(loaded.settings.mlc_thresholds, tuned)
+    torch.testing.assert_close(loaded.settings.of("mlc")["thresholds"], tuned)
     image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
     ref, got = model.predict(image)[0], loaded.predict(image)[0]
     torch.testing.assert_close(got["label_probs"], ref["label_probs"], atol=1e-5, rtol=0)

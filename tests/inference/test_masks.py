@@ -5,11 +5,13 @@ import torch
 from torch.nn import functional as F
 
 from fourm21.errors import ConfigError
-from fourm21.inference.decode import semantic_labels
+from fourm21.inference.decode import DecodeSettings
 from fourm21.inference.letterbox import unletterbox
-from fourm21.inference.masks import paste_masks
 from fourm21.losses.masks import box_crop_weights
 from fourm21.models.heads.semantic import SemanticHead
+from fourm21.tasks.masks import paste_masks
+from fourm21.tasks.semantic import semantic_labels
+from tests.conftest import model_config
 
 
 def _random_boxes(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
@@ -48,7 +50,8 @@ def test_unletterbox_pastes_masks_at_the_original_size():
     logits = torch.randn(5, 16, 16, generator=g) * 3
     boxes_in = _random_boxes(5, 64, 32, g).clamp(0, 32)
     pred = {"boxes": boxes_in, "mask_logits": logits, "masks": paste_masks(logits, boxes_in, (64, 64))}
-    out = unletterbox(pred, (100, 50), 0.64)
+    settings = DecodeSettings.from_config(model_config())  # detection + instance masks (mask_thr 0.5)
+    out = unletterbox(pred, (100, 50), 0.64, settings)
     assert out["masks"].shape == (5, 100, 50)
     expected_boxes = boxes_in / 0.64
     expected_boxes[:, 0::2] = expected_boxes[:, 0::2].clamp(0, 50)

@@ -3,9 +3,9 @@ import torch
 
 from fourm21.data.collate import collate_samples
 from fourm21.errors import ConfigError
-from fourm21.losses.heads import head_losses
 from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.models.multitask import build_model
+from fourm21.tasks import head_losses
 from tests.conftest import model_config
 
 

@@ -8,9 +8,8 @@ from pycocotools.cocoeval import COCOeval
 from fourm21.data.coco import CocoDataset
 from fourm21.data.collate import collate_samples
 from fourm21.data.transforms import build_dense_transform
-from fourm21.inference.letterbox import to_original_pixels
 from fourm21.metrics.coco import STAT_NAMES
-from fourm21.metrics.evaluator import MultiTaskEvaluator, selection_score
+from tests.conftest import evaluator
 
 
 def _perfect_preds(batch, num_classes):
@@ -33,8 +32,7 @@ def _perfect_preds(batch, num_classes):
 def test_perfect_predictions_score_one(shapes_root, img_size):
     ds = CocoDataset(shapes_root / "images", shapes_root / "annotations/instances_val.json",
                      build_dense_transform(img_size, train=False), semantic_dir=shapes_root / "semantic")
-    ev = MultiTaskEvaluator(["cls", "det", "inst", "sem"], ds, num_image_classes=4, num_sem_classes=4,
-                            to_original=to_original_pixels)
+    ev = evaluator(ds, "cls", "det", "inst", "sem")
     batch = collate_samples([ds[i] for i in range(len(ds))])
     ev.update(_perfect_preds(batch, 3), batch)
     m = ev.compute()
@@ -42,14 +40,13 @@ def test_perfect_predictions_score_one(shapes_root, img_size):
     assert m["det/map50"] == pytest.approx(1.0) and m["det/map"] > 0.95
     assert m["inst/map50"] == pytest.approx(1.0) and m["inst/map"] > 0.9
     assert m["sem/miou"] == pytest.approx(1.0) and m["sem/pixel_acc"] == 1.0 and m["sem/dice"] == pytest.approx(1.0)
-    assert selection_score(m) == pytest.approx((1.0 + m["det/map"] + m["inst/map"] + 1.0) / 4)
+    assert ev.score(m) == pytest.approx((1.0 + m["det/map"] + m["inst/map"] + 1.0) / 4)
 
 
 def test_wrong_predictions_score_low(shapes_root):
     ds = CocoDataset(shapes_root / "images", shapes_root / "annotations/instances_val.json",
                      build_dense_transform(64, train=False), semantic_dir=shapes_root / "semantic")
-    ev = MultiTaskEvaluator(["cls", "det", "inst", "sem"], ds, num_image_classes=4, num_sem_classes=4,
-                            to_original=to_original_pixels)
+    ev = evaluator(ds, "cls", "det", "inst", "sem")
     batch = collate_samples([ds[i] for i in range(len(ds))])
     preds = _perfect_preds(batch, 3)
     for p in preds:
@@ -63,7 +60,7 @@ def test_wrong_predictions_score_low(shapes_root):
 def test_empty_predictions_give_zero_not_an_error(shapes_root):
     ds = CocoDataset(shapes_root / "images", shapes_root / "annotations/instances_val.json",
                      build_dense_transform(64, train=False), semantic_dir=shapes_root / "semantic")
-    ev = MultiTaskEvaluator(["det", "inst"], ds, to_original=to_original_pixels)
+    ev = evaluator(ds, "det", "inst")
     batch = collate_samples([ds[0], ds[1]])
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0),
              "masks": torch.zeros(0, 64, 64, dtype=torch.bool)}
@@ -77,7 +74,7 @@ def test_report_equals_pycocotools_on_the_written_json(shapes_root, tmp_path):
     """Parity: the numbers in the report are exactly what pycocotools gives on predictions/{bbox,segm}.json."""
     ds = CocoDataset(shapes_root / "images", shapes_root / "annotations/instances_val.json",
                      build_dense_transform(96, train=False), semantic_dir=shapes_root / "semantic")
-    ev = MultiTaskEvaluator(["det", "inst"], ds, to_original=to_original_pixels)
+    ev = evaluator(ds, "det", "inst")
     batch = collate_samples([ds[i] for i in range(len(ds))])
     preds = _perfect_preds(batch, 3)
     g = torch.Generator().manual_seed(0)
@@ -121,7 +118,7 @@ def test_category_ids_are_written_back_as_the_data_sets_own(shapes_root, tmp_pat
     ann.write_text(json.dumps(data))
     ds = CocoDataset(shapes_root / "images", ann, build_dense_transform(64, train=False))
     assert ds.cat_ids == [5, 17, 90]
-    ev = MultiTaskEvaluator(["det", "inst"], ds, to_original=to_original_pixels)
+    ev = evaluator(ds, "det", "inst")
     batch = collate_samples([ds[i] for i in range(len(ds))])
     ev.update(_perfect_preds(batch, 3), batch)
     m = ev.compute()

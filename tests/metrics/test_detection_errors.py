@@ -14,6 +14,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from fourm21.inference.render import plot_worst_images
 from fourm21.metrics.coco import coco_evaluate
 from fourm21.metrics.detection_errors import (
     BACKGROUND,
@@ -22,7 +23,7 @@ from fourm21.metrics.detection_errors import (
     results_to_prediction,
     worst_images,
 )
-from fourm21.metrics.plots import plot_detection_confusion, plot_worst_images
+from fourm21.metrics.plots import plot_detection_confusion
 from fourm21.metrics.report import confusion_markdown, per_class_ap_markdown
 from tests.conftest import REPO
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fourm21.metrics.evaluator import metric_key
 from fourm21.metrics.image_labels import AttributeMetrics, MultiLabelMetrics, samples_f1, tune_thresholds
 
 
@@ -27,5 +28,5 @@ def test_samples_f1_and_attribute_metrics():
     assert samples_f1(pred, true) == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
     am = AttributeMetrics({"colour": 3})
     am.update("colour", torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, -1, 1]))  # -1: missing, not scored
-    out = am.compute()
+    out = {metric_key("attr", k): v for k, v in am.compute().items()}  # the report's keys under head "attr"
     assert out["attr.colour/acc"] == pytest.approx(2 / 3) and out["attr/acc_mean"] == out["attr.colour/acc"]

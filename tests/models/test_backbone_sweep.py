@@ -13,10 +13,10 @@ from fourm21.data.coco import CocoDataset
 from fourm21.data.collate import collate_samples
 from fourm21.data.transforms import build_dense_transform
 from fourm21.errors import ConfigError
-from fourm21.losses.heads import head_losses
 from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.models.backbone import TimmBackbone
 from fourm21.models.multitask import build_model
+from fourm21.tasks import head_losses
 from tests.conftest import model_config
 
 # (timm name, what it is): convolutional, hybrid and transformer families, hierarchical and plain.

@@ -2,8 +2,8 @@ import torch
 
 from fourm21.data.collate import collate_samples
 from fourm21.inference.decode import DecodeSettings, decode
-from fourm21.losses.heads import head_losses
 from fourm21.models.multitask import build_model
+from fourm21.tasks import head_losses
 from tests.conftest import model_config
 
 DENSE_OFF = {"heads.det.enabled": False, "heads.inst.enabled": False, "heads.sem.enabled": False,

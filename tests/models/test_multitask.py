@@ -35,11 +35,6 @@ def test_heads_can_be_disabled_by_config():
     assert set(model(torch.randn(1, 3, 64, 64))) == {"cls", "det"}
 
 
-def test_instance_head_without_detection_is_a_config_error():
-    with pytest.raises(ConfigError, match="inst.*det"):
-        build_model(model_config(**{"heads.det.enabled": False}))
-
-
 def test_head_strides_must_exist_in_the_neck():
     with pytest.raises(ConfigError, match="heads.det.strides"):
         build_model(model_config(**{"heads.det.strides": [8, 64], "heads.inst.strides": [8, 64]}))

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,17 +38,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tiny_run, tmp_path_factory) -> Server:
-    work, run_dir, _ = tiny_run
-    tmp = tmp_path_factory.mktemp("serve")
+@contextmanager
+def started_server(cmd: list[str], ckpt_path: Path, cwd: Path, tmp: Path, *args: str) -> Iterator[Server]:
+    """``cmd ckpt_path=... host=127.0.0.1 port=<free>`` (the serve CLI) started and waited for until
+    ``/health`` answers (at most 90 s); terminated on exit (killed if it does not stop within 15 s)."""
     port = free_port()
     log = tmp / "server.log"
-    cmd = [sys.executable, "-m", "fourm21.engine.serve", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
-           "host=127.0.0.1", f"port={port}", f"hydra.run.dir={tmp / 'run'}", *SERVER_ARGS]
+    full = [*cmd, f"ckpt_path={ckpt_path}", "host=127.0.0.1", f"port={port}", f"hydra.run.dir={tmp / 'run'}", *args]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(full, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     srv = Server(f"http://127.0.0.1:{port}", log, proc)
     try:
         deadline = time.monotonic() + 90
@@ -69,6 +70,14 @@ def server(tiny_run, tmp_path_factory) -> Server:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_run, tmp_path_factory) -> Iterator[Server]:
+    work, run_dir, _ = tiny_run
+    with started_server([sys.executable, "-m", "fourm21.engine.serve"], run_dir / "checkpoints" / "best.ckpt",
+                        work, tmp_path_factory.mktemp("serve"), *SERVER_ARGS) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

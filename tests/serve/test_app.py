@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,8 +16,10 @@ from starlette.testclient import TestClient
 
 from fourm21.engine.common import CONFIG_DIR
 from fourm21.errors import ConfigError
+from fourm21.inference.decode import DecodeSettings
 from fourm21.serve.app import create_app
 from fourm21.serve.settings import ServeSettings
+from tests.conftest import model_config
 
 PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS\xde\x00\x00"
        b"\x00\x0cIDATx\x9cc\xf8\xcf\xc0\x00\x00\x03\x01\x01\x00\xc9\xfe\x92\xef\x00\x00\x00\x00IEND\xaeB`\x82")
@@ -27,11 +28,11 @@ PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08
 class StandIn:
     """Just what the app uses of a Fourm21Model; ``predict`` can be slow or fail."""
 
-    class_names, image_class_names, img_size, meta = ["thing"], [], 32, {}
+    class_names, image_class_names, img_size, meta, heads = ["thing"], [], 32, {"class_names": ["thing"]}, ["det"]
+    settings = DecodeSettings.from_config(model_config(**{f"heads.{h}.enabled": False for h in ("cls", "inst", "sem")}))
 
     def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
         self.delay_s, self.fail = delay_s, fail
-        self.net = SimpleNamespace(heads={"det": None})
 
     def set_thresholds(self, *args, **kwargs) -> None:
         pass

@@ -15,7 +15,6 @@ from fourm21.models.heads.pooling import MultiScalePool
 
 
 class AttributeHead(Head):
-    name = "attr"
     source = "backbone"
 
     def __init__(self, in_channels: list[int], groups: dict[str, int], hidden: int = 256, dropout: float = 0.0,

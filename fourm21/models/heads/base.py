@@ -1,5 +1,5 @@
-"""The one interface every head implements. Adding a head: one file here, its loss function in
-``fourm21/losses/heads.py``, its decoder in ``fourm21/inference/decode.py`` and one config entry."""
+"""The one interface every head implements: features in, raw tensors out. Everything else about its task kind
+(loss, decoding, metrics, outputs) is the task module's that names this class (``fourm21/tasks/``)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,21 @@ from torch import nn
 class Head(nn.Module):
     """A task head.
 
-    ``name``      task key in the model output, losses and metrics (``cls``, ``det`` ...).
+    ``name``      its key under ``model.heads`` (set by ``build_model``): the key of its raw output.
     ``source``    which features it reads: ``"backbone"`` (raw backbone levels) or ``"neck"``
                   (fused neck levels at the head's ``strides``).
-    ``requires``  heads whose raw output or loss cache this head's loss uses (their losses run first).
+    ``uses_text`` its forward takes the batch's caption tokens (``text=``).
+    ``fusion_context`` its ``logits`` are class scores that the cross-task fusion turns into context.
 
-    A head only maps features to raw outputs. Its loss is not its job: ``fourm21.losses.heads`` holds one
-    loss function per head ``name`` (the class attribute), reading the head's settings from the head, as
-    decoding raw outputs into predictions lives in ``fourm21.inference.decode`` (one decoder per head
-    ``name``, shared by validation, predict, the API and export).
+    A head only maps features to raw outputs; its task (``fourm21.tasks``, found through the head's class)
+    holds its loss, decoding, metrics and outputs, reading the head's settings from the head.
     """
 
     name: str = ""
     source: str = "neck"
-    requires: tuple[str, ...] = ()
     strides: list[int] = []
+    uses_text: bool = False
+    fusion_context: bool = False
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
-

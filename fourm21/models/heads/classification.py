@@ -10,8 +10,8 @@ from fourm21.models.heads.pooling import MultiScalePool
 
 
 class ClassificationHead(Head):
-    name = "cls"
     source = "backbone"
+    fusion_context = True  # the fusion reads its class probabilities
 
     def __init__(self, in_channels: list[int], num_classes: int, hidden: int = 256, levels: list[int] | None = None,
                  dropout: float = 0.0, label_smoothing: float = 0.0, topk: int = 5) -> None:

@@ -27,7 +27,6 @@ def make_points(shapes: list[tuple[int, int]], strides: list[int], device: torch
 class DetectionHead(Head):
     """Shared towers over the levels at ``strides``; decoded with ``torchvision.ops.batched_nms``."""
 
-    name = "det"
 
     def __init__(self, in_channels: int, num_classes: int, strides: list[int], num_convs: int = 2,
                  prior_prob: float = 0.01, range_mult: float = 4.0, center_radius: float = 1.5,

@@ -16,8 +16,6 @@ from fourm21.models.neck import conv_norm_act
 class InstanceMaskHead(Head):
     """Prototypes (B, K, 2H/s0, 2W/s0) from the finest level s0; coefficients (B, L, K) on the detection levels."""
 
-    name = "inst"
-    requires = ("det",)
 
     def __init__(self, in_channels: int, strides: list[int], num_protos: int = 16,
                  proto_channels: int = 64, num_convs: int = 1, mask_thr: float = 0.5, max_pos: int = 512,

@@ -19,9 +19,8 @@ from fourm21.models.heads.pooling import MultiScalePool
 
 
 class MultiLabelHead(Head):
-    name = "mlc"
     source = "backbone"
-    uses_text = True
+    uses_text = True  # forward(feats, text=caption tokens)
 
     def __init__(self, in_channels: list[int], num_classes: int, hidden: int = 256, dropout: float = 0.1,
                  threshold: float = 0.5, tune: str = "per_class", text: dict | None = None) -> None:

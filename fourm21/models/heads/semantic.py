@@ -21,7 +21,6 @@ class SemanticHead(Head):
     at ``loss_stride`` = s0 the logits are compared as predicted, with the labels reduced per cell.
     """
 
-    name = "sem"
 
     def __init__(self, in_channels: int, num_classes: int, strides: list[int], channels: int = 64,
                  dice_weight: float = 0.5, label_stride: int = 1, loss_stride: int = 1,
