@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from fourm21.data.collate import collate_samples
     from fourm21.engine.common import CONFIG_DIR
-    from fourm21.engine.lightning_module import MultiTaskModule
     from fourm21.tasks import head_losses
+    from fourm21.training.module import MultiTaskModule
 
     torch.set_num_threads(args.threads)
     with initialize_config_dir(CONFIG_DIR, version_base=None):

@@ -365,9 +365,9 @@ def fourm21_bench(name: str, args: argparse.Namespace, root: Path, device: torch
     from hydra.utils import instantiate
 
     from fourm21.data.collate import collate_samples
-    from fourm21.engine.lightning_module import MultiTaskModule
     from fourm21.tasks import head_losses, tasks_of
     from fourm21.tasks.detection import det_assign
+    from fourm21.training.module import MultiTaskModule
 
     cfg = fourm21_config(name, args.size, args.batch, root, args.overrides)
     torch.manual_seed(args.seed)

@@ -39,11 +39,11 @@ from fourm21.data.image_folder import ImageFolderDataset
 from fourm21.data.images import skipped_images
 from fourm21.data.transforms import pipelines_in, seed_pipeline
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, setup_runtime
-from fourm21.engine.evaluate import data_report
 from fourm21.engine.validate_config import check_config
 from fourm21.errors import ConfigError
 from fourm21.inference.render import PALETTE, draw_frame, image_to_uint8
 from fourm21.metrics.plots import subplots
+from fourm21.training.evaluation import data_report
 
 COMMANDS = ("check", "show")
 SMALL_MEDIUM = (32, 96)  # COCO's small / medium / large boundaries: sqrt of the box area, pixels

@@ -25,13 +25,13 @@ from torch.utils.data import DataLoader
 from fourm21.data.transforms import reseed_worker_transforms
 from fourm21.data.unlabelled import collate_views
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
-from fourm21.engine.schedules import warmup_cosine
 from fourm21.errors import ConfigError
 from fourm21.losses.contrastive import nt_xent
 from fourm21.losses.masked_image import masked_pixel_l1
 from fourm21.metrics.report import write_report
 from fourm21.models.backbone import TimmBackbone
 from fourm21.models.masked_image import MaskedImageModel, random_block_mask
+from fourm21.training.schedules import warmup_cosine
 
 METHODS = ("simclr", "simmim")
 

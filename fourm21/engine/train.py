@@ -15,14 +15,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
-from fourm21.engine.callbacks import NonFiniteGuard
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
-from fourm21.engine.evaluate import data_report, evaluate_module, print_summary
-from fourm21.engine.report_loggers import check_logger_packages, log_report, tracker_error
-from fourm21.engine.semi_supervised import module_class
 from fourm21.engine.validate_config import check_config
 from fourm21.errors import ConfigError
 from fourm21.tasks import tasks_of_config
+from fourm21.training.callbacks import NonFiniteGuard
+from fourm21.training.evaluation import data_report, evaluate_module, print_summary
+from fourm21.training.report_loggers import check_logger_packages, log_report, tracker_error
+from fourm21.training.semi_supervised import module_class
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:

@@ -15,8 +15,8 @@ from fourm21.data.coco import CocoDataset, load_coco
 from fourm21.data.csv_labels import AttributeDataset, MultiLabelCaptionDataset
 from fourm21.data.sample import IGNORE_INDEX
 from fourm21.data.transforms import build_dense_transform
-from fourm21.engine.evaluate import data_report
 from fourm21.errors import DatasetError
+from fourm21.training.evaluation import data_report
 
 H, W = 40, 60
 

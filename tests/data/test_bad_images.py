@@ -20,8 +20,8 @@ from fourm21.data.collate import collate_samples
 from fourm21.data.csv_labels import AttributeDataset, MultiLabelCaptionDataset
 from fourm21.data.images import SkipLog, read_image, skipped_images
 from fourm21.data.transforms import apply_dense_transform, build_classification_transform, build_dense_transform
-from fourm21.engine.evaluate import data_report
 from fourm21.errors import BadImageError, ConfigError, DatasetError
+from fourm21.training.evaluation import data_report
 
 
 def _rgb(h: int = 24, w: int = 36) -> np.ndarray:

@@ -144,7 +144,7 @@ def test_console_script_exit_code_and_one_line(tmp_path):
 
 
 def test_optimiser_settings_come_from_the_config_and_a_missing_one_is_named():
-    from fourm21.engine.lightning_module import MultiTaskModule
+    from fourm21.training.module import MultiTaskModule
     from tests.conftest import model_config
 
     optim = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "optim" / "adamw.yaml"), resolve=True)
@@ -158,7 +158,7 @@ def test_optimiser_settings_come_from_the_config_and_a_missing_one_is_named():
 
 
 def test_callback_settings_out_of_range_are_config_errors():
-    from fourm21.engine.callbacks import LastSnapshot, NonFiniteGuard
+    from fourm21.training.callbacks import LastSnapshot, NonFiniteGuard
 
     with pytest.raises(ConfigError, match="callbacks.nonfinite.max_in_row"):
         NonFiniteGuard(max_in_row=0)

@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fourm21.data.samplers import ResumableSampler
-from fourm21.engine.callbacks import NonFiniteGuard
 from fourm21.errors import TrainingError
+from fourm21.training.callbacks import NonFiniteGuard
 from tests.conftest import BIN, TINY, assert_trained, run_cli
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fourm21.engine.evaluate import load_module
-from fourm21.engine.lightning_module import MultiTaskModule
 from fourm21.errors import CheckpointError
 from fourm21.inference.checkpoints import check_data_matches, check_resume, load_checkpoint, read_checkpoint
+from fourm21.training.evaluation import load_module
+from fourm21.training.module import MultiTaskModule
 from tests.conftest import TINY_VIT, model_config
 
 LOSS = {"weighting": "fixed", "weights": {"cls": 1.0, "det": 1.0, "inst": 1.0, "sem": 1.0}}

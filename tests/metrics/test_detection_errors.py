@@ -174,8 +174,8 @@ def test_plots_and_markdown(tmp_path):
 def test_error_settings_come_from_the_config():
     from omegaconf import OmegaConf
 
-    from fourm21.engine.evaluate import error_settings
     from fourm21.errors import ConfigError
+    from fourm21.training.evaluation import error_settings
 
     defaults = OmegaConf.load(REPO / "fourm21" / "configs" / "eval.yaml").error_analysis
     train = OmegaConf.load(REPO / "fourm21" / "configs" / "train.yaml").error_analysis

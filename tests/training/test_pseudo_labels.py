@@ -3,9 +3,9 @@ import csv
 import torch
 
 from fourm21.data.sample import IGNORE_INDEX
-from fourm21.engine.evaluate import load_module
-from fourm21.engine.pseudo_labels import photometric_jitter, pseudo_targets
 from fourm21.inference.decode import DecodeSettings
+from fourm21.training.evaluation import load_module
+from fourm21.training.pseudo_labels import photometric_jitter, pseudo_targets
 from tests.conftest import TINY, model_config, run_cli
 
 
@@ -72,9 +72,9 @@ def test_semi_supervised_run_trains_on_pseudo_labels_and_reloads(tmp_path):
     assert all(float(r["train/pseudo/det/loss"]) > 0 for r in pseudo)
     assert float(pseudo[-1]["train/pseudo/boxes_per_image"]) > 0
     module = load_module(run_dir / "checkpoints" / "last.ckpt")
-    assert module.teacher is not None and int(module.teacher.n_averaged) == 4  # 2 epochs x 2 steps
+    assert module.mean_teacher is not None and int(module.mean_teacher.n_averaged) == 4  # 2 epochs x 2 steps
     student = dict(module.model.named_parameters())
-    differs = [n for n, p in module.teacher.module.named_parameters() if not torch.allclose(p, student[n])]
+    differs = [n for n, p in module.mean_teacher.module.named_parameters() if not torch.allclose(p, student[n])]
     assert differs, "the EMA teacher should lag behind the student"
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from fourm21.engine.schedules import warmup_cosine
+from fourm21.training.schedules import warmup_cosine
 from tests.conftest import TINY, run_cli
 
 

@@ -16,11 +16,12 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import fourm21
-from fourm21.engine.evaluate import load_module
-from fourm21.engine.lightning_module import MultiTaskModule, build_ema, ema_multi_avg_fn
-from fourm21.engine.semi_supervised import SemiSupervisedModule
 from fourm21.errors import ConfigError
 from fourm21.inference.checkpoints import load_checkpoint
+from fourm21.training.ema import build_ema, ema_multi_avg_fn
+from fourm21.training.evaluation import load_module
+from fourm21.training.module import MultiTaskModule
+from fourm21.training.semi_supervised import SemiSupervisedModule
 from tests.conftest import TINY, model_config, run_cli
 
 LOSS = {"weighting": "fixed", "weights": {"cls": 1.0, "det": 1.0, "inst": 1.0, "sem": 1.0}}
@@ -79,10 +80,10 @@ def test_ramp_follows_its_formula_and_zero_ramp_is_torchs_fixed_decay():
 def test_one_average_is_the_ema_and_the_mean_teacher():
     semi = {"enabled": True, "teacher": "ema", "ema_decay": 0.99}
     both = SemiSupervisedModule(model=model_config(), loss=LOSS, optim={"lr": 1e-3}, semi=semi, ema=EMA)
-    assert both.teacher is both.ema and both.averaged is both.ema and both.inference_net is both.ema.module
+    assert both.mean_teacher is both.ema and both.averaged is both.ema and both.inference_net is both.ema.module
     assert not any(k.startswith("teacher.") for k in both.state_dict())
     semi_only = SemiSupervisedModule(model=model_config(), loss=LOSS, optim={"lr": 1e-3}, semi=semi)
-    assert semi_only.ema is None and semi_only.teacher is not None and semi_only.inference_net is semi_only.model
+    assert semi_only.ema is None and semi_only.mean_teacher is not None and semi_only.inference_net is semi_only.model
     assert any(k.startswith("teacher.module.") for k in semi_only.state_dict())  # today's keys
     plain = MultiTaskModule(model=model_config(), loss=LOSS, optim={"lr": 1e-3})
     assert plain.averaged is None and plain.inference_net is plain.model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fourm21.errors import ConfigError
@@ -23,51 +22,7 @@ from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.metrics.evaluator import MultiTaskEvaluator, selection_score
 from fourm21.models.multitask import MultiTaskNet, build_model
 from fourm21.tasks import head_losses
-
-
-def ema_multi_avg_fn(decay: float, ramp_steps: float):
-    """``AveragedModel``'s update for an exponential moving average whose decay ramps up with the number of
-    updates ``n``: ``decay * (1 - exp(-n / ramp_steps))`` (YOLOv5's ModelEMA). Early on, when the weights
-    still move fast, the average follows them closely instead of holding on to the first, near-random
-    weights; after a few ``ramp_steps`` it is ``decay``. ``ramp_steps=0``: torch's fixed-decay
-    ``get_ema_multi_avg_fn(decay)``. The ramp depends on ``n_averaged`` only, which the checkpoint holds,
-    so a resumed run continues the same average."""
-    if ramp_steps <= 0:
-        return get_ema_multi_avg_fn(decay)
-
-    @torch.no_grad()
-    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        d = decay * (1.0 - math.exp(-float(num_averaged) / ramp_steps))
-        get_ema_multi_avg_fn(d)(ema_params, params, num_averaged)
-
-    return update
-
-
-def build_ema(net: torch.nn.Module, decay: float, ramp_steps: float = 0.0) -> AveragedModel:
-    """The one moving average of a network's weights and buffers: the evaluation EMA (``ema.enabled``)
-    and the semi-supervised mean teacher (``semi.teacher=ema``) are both built here."""
-    if not 0.0 < decay < 1.0:
-        raise ConfigError(f"EMA decay must be in (0, 1), got {decay!r}")
-    if ramp_steps < 0:
-        raise ConfigError(f"ema.ramp_steps must be >= 0, got {ramp_steps!r}")
-    ema = AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(decay, ramp_steps), use_buffers=True)
-    ema.requires_grad_(False)
-    return ema
-
-
-def update_average(ema: AveragedModel, net: torch.nn.Module) -> None:
-    """``ema.update_parameters(net)``; on a CPU in one thread. The update is a few hundred memory-bound
-    per-tensor lerps: with more threads each waits at an OpenMP barrier, which on a busy 2-core machine
-    cost 0.5-0.8 s per update (convnext_atto default) against 5-20 ms in one thread."""
-    on_cpu = next(net.parameters()).device.type == "cpu"
-    threads = torch.get_num_threads()
-    if on_cpu and threads > 1:
-        torch.set_num_threads(1)
-    try:
-        ema.update_parameters(net)
-    finally:
-        if on_cpu and threads > 1:
-            torch.set_num_threads(threads)
+from fourm21.training.ema import build_ema, update_average
 
 
 def config_key(section: dict, key: str, name: str) -> Any:
@@ -91,7 +46,7 @@ class MultiTaskModule(L.LightningModule):
     (``fourm21.inference.checkpoints.inference_prefix`` is the one place that decides). The checkpoint holds
     both: ``model.*`` (what training continues from) and ``ema.*`` (the average and its update count), so a
     resume continues both exactly. Semi-supervised training (the mean teacher, pseudo-labels) is the subclass
-    ``fourm21.engine.semi_supervised.SemiSupervisedModule``; ``semi`` is kept here in the hyper-parameters only,
+    ``fourm21.training.semi_supervised.SemiSupervisedModule``; ``semi`` is kept here in the hyper-parameters only,
     so a checkpoint says how it was trained.
 
     Why not Lightning's ``WeightAveraging``/``EMAWeightAveraging`` callback (present in 2.6): it averages the
@@ -110,10 +65,10 @@ class MultiTaskModule(L.LightningModule):
         self.model: MultiTaskNet = build_model(OmegaConf.create(model))
         self.criterion = MultiTaskLoss(**loss)
         self.optim_cfg = dict(optim)
-        # the one average: evaluated and saved for inference (and the subclass' mean teacher). Registered through
-        # _modules: add_module refuses a name the class has a property for (``ema``)
-        if ema and ema.get("enabled"):
-            self._modules["ema"] = build_ema(self.model, float(ema["decay"]), float(ema["ramp_steps"]))
+        # the one average (``ema.enabled``): evaluated and saved for inference (and the subclass' mean teacher);
+        # validation, checkpoints' inference weights and export use it
+        self.ema: AveragedModel | None = build_ema(self.model, float(ema["decay"]), float(ema["ramp_steps"])) \
+            if ema and ema.get("enabled") else None
         # multi-label thresholds are tuned on val while fitting only; a report (the end of training, fourm21-eval
         # on any split) scores at the thresholds the checkpoint holds (evaluate_module turns this off)
         self.tune_thresholds = True
@@ -140,12 +95,7 @@ class MultiTaskModule(L.LightningModule):
     @property
     def averaged(self) -> AveragedModel | None:
         """The moving average of the network that is updated after every optimiser step, if any."""
-        return self._modules.get("ema")
-
-    @property
-    def ema(self) -> AveragedModel | None:
-        """``ema.enabled``: the EMA that validation, checkpoints' inference weights and export use."""
-        return self._modules.get("ema")
+        return self.ema
 
     @property
     def inference_net(self) -> MultiTaskNet:
@@ -183,10 +133,21 @@ class MultiTaskModule(L.LightningModule):
                           sync_dist=True)
             self._train_sums = {}
 
+    def _attached_trainer(self) -> L.Trainer | None:
+        """The Trainer running this module, None outside one (Lightning raises on ``self.trainer`` then)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
     def _logs_this_step(self) -> bool:
-        """Whether the logger writes this training step (Lightning's own rule), True outside a Trainer."""
-        connector = getattr(self._trainer, "_logger_connector", None) if self._trainer is not None else None
-        return True if connector is None else bool(connector.should_update_logs or self._trainer.fast_dev_run)
+        """Whether the logger writes this training step (Lightning's rule, from its public state: every
+        ``log_every_n_steps`` optimiser steps, and when stopping), True outside a Trainer."""
+        trainer = self._attached_trainer()
+        if trainer is None:
+            return True
+        return bool(trainer.fast_dev_run or trainer.should_stop
+                    or (trainer.global_step + 1) % max(int(trainer.log_every_n_steps), 1) == 0)
 
     def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
         if batch is None:
@@ -216,7 +177,8 @@ class MultiTaskModule(L.LightningModule):
         state = checkpoint.get("state_dict")
         if not isinstance(state, dict):
             return
-        mine = next((n for n in ("ema", "teacher") if n in self._modules), None)
+        children = dict(self.named_children())
+        mine = next((n for n in ("ema", "teacher") if children.get(n) is not None), None)
         present = [n for n in ("ema", "teacher") if any(k.startswith(f"{n}.") for k in state)]
         if mine in present:
             return
@@ -240,7 +202,8 @@ class MultiTaskModule(L.LightningModule):
             self._averaged_at_step = self.trainer.global_step
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        trainer = self._attached_trainer()
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         if dm is not None and getattr(dm, "val_sets", None):
             self.build_evaluators(dm.val_sets)
             for key in ("class_names", "image_class_names", "cat_ids", "attribute_classes", "label_names"):

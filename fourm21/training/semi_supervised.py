@@ -2,7 +2,7 @@
 
 With ``semi.enabled`` every training batch is ``{"sup": labelled, "unsup": unlabelled}``
 (``MultiTaskDataModule.attach_unlabelled``). The teacher labels the unlabelled images with its confident
-predictions (``fourm21.engine.pseudo_labels``) and the student learns them on a photometrically jittered
+predictions (``fourm21.training.pseudo_labels``) and the student learns them on a photometrically jittered
 copy, from optimiser step ``semi.start_step`` on, weighted by ``semi.weight``.
 
 The teacher (``semi.teacher``): ``ema``, a moving average of the student (mean teacher) — with
@@ -20,11 +20,12 @@ from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel
 
 from fourm21.data.transforms import normalize_images
-from fourm21.engine.lightning_module import MultiTaskModule, build_ema, config_key
-from fourm21.engine.pseudo_labels import photometric_jitter, pseudo_targets
 from fourm21.errors import ConfigError
 from fourm21.inference.decode import DecodeSettings, decode
 from fourm21.tasks import head_losses
+from fourm21.training.ema import build_ema
+from fourm21.training.module import MultiTaskModule, config_key
+from fourm21.training.pseudo_labels import photometric_jitter, pseudo_targets
 
 TEACHERS = ("ema", "student")
 
@@ -39,16 +40,17 @@ class SemiSupervisedModule(MultiTaskModule):
         if config_key(self.semi, "teacher", "semi") not in TEACHERS:
             raise ConfigError(f"semi.teacher: must be one of {', '.join(TEACHERS)}, got '{self.semi['teacher']}'")
         self._teacher_is_ema = self.semi["teacher"] == "ema"
-        if self._teacher_is_ema and self.ema is None:  # the teacher's own average (with ema.enabled: the EMA)
-            self._modules["teacher"] = build_ema(self.model, float(config_key(self.semi, "ema_decay", "semi")))
+        # the teacher's own average (``teacher.*`` in the checkpoint); with ema.enabled the teacher is the EMA
+        self.teacher: AveragedModel | None = build_ema(self.model, float(config_key(self.semi, "ema_decay", "semi"))) \
+            if self._teacher_is_ema and self.ema is None else None
 
     @property
     def averaged(self) -> AveragedModel | None:
         """The EMA, or else the teacher's own average: either is updated after every optimiser step."""
-        return self._modules.get("ema", self._modules.get("teacher"))
+        return self.ema if self.ema is not None else self.teacher
 
     @property
-    def teacher(self) -> AveragedModel | None:
+    def mean_teacher(self) -> AveragedModel | None:
         """``semi.teacher=ema``: the mean teacher (the ``ema`` itself when that is enabled); None for ``student``."""
         return self.averaged if self._teacher_is_ema else None
 
@@ -64,7 +66,7 @@ class SemiSupervisedModule(MultiTaskModule):
 
     def _pseudo_label_step(self, batch: dict[str, Any]) -> torch.Tensor:
         """The teacher labels ``batch`` (its confident predictions only); the student learns them on a jittered view."""
-        teacher = self.teacher.module if self.teacher is not None else self.model
+        teacher = self.mean_teacher.module if self.mean_teacher is not None else self.model
         was_training = teacher.training
         teacher.eval()
         with torch.no_grad():
