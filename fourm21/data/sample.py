@@ -1,7 +1,7 @@
 """The Sample contract: one dict per image, carrying only the targets its dataset has.
 
 Keys (all optional except ``image`` and ``meta``):
-    image     (3, H, W) uint8 pixels (the backbone normalises them: ``fourm21.data.transforms.normalize_images``)
+    image     (3, H, W) uint8 pixels (the network normalises them: ``fourm21.models.backbone.INPUT_CONTRACT``)
     label     int, image-level class for the softmax head
     boxes     (N, 4) float32, xyxy in pixels of ``image``
     box_labels (N,) int64, contiguous detection class ids (0-based)

@@ -4,8 +4,8 @@ Detection-kind pipelines letterbox the image (longest side to ``img_size``, padd
 bottom/right), so predictions map back to the original image by a single ``scale``.
 
 Pipelines hand out uint8 pixels: a byte image is a quarter of a float one to collate, to pass from a
-DataLoader worker and to copy to a GPU. ``normalize_images`` makes them the network's float input where
-they are used (the backbone calls it), as YOLO-style trainers divide on the device.
+DataLoader worker and to copy to a GPU. The network normalises them on its device with its own mean and
+std (``fourm21.models.backbone.INPUT_CONTRACT``), as YOLO-style trainers divide on the device.
 """
 
 from __future__ import annotations
@@ -19,20 +19,6 @@ import numpy as np
 import torch
 
 from fourm21.data.sample import IGNORE_INDEX
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalize_images(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                     std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """(..., 3, H, W) uint8 pixels -> float ``(x / 255 - mean) / std``, on the images' device; a float tensor is
-    taken as normalised already and returned as it is (exports and ``Letterbox`` feed floats)."""
-    if images.dtype != torch.uint8:
-        return images
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(3, 1, 1) * 255.0
-    return images.float().sub_(m).div_(s)
 
 
 def to_chw(image: np.ndarray) -> torch.Tensor:

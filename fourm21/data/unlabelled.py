@@ -12,12 +12,13 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from fourm21.data.images import SkipLog, check_policy, list_images, read_image_or_skip
-from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply_dense_transform, pipeline_seed, to_chw
+from fourm21.data.transforms import apply_dense_transform, pipeline_seed, to_chw
 
 
 def build_view_transform(img_size: int, min_scale: float = 0.3, color_jitter: float = 0.4,
                          gray_p: float = 0.2) -> A.Compose:
-    """A random view: resized crop, flip, colour jitter (SimCLR: strong; SimMIM: none), sometimes grey, normalise."""
+    """A random view: resized crop, flip, colour jitter (SimCLR: strong; SimMIM: none), sometimes grey; uint8
+    pixels, as the network takes them (``INPUT_CONTRACT``: it normalises them itself)."""
     ops: list[A.BasicTransform] = [
         A.RandomResizedCrop((img_size, img_size), scale=(min_scale, 1.0), interpolation=cv2.INTER_LINEAR),
         A.HorizontalFlip(p=0.5),
@@ -27,7 +28,6 @@ def build_view_transform(img_size: int, min_scale: float = 0.3, color_jitter: fl
                                  hue=min(0.5, color_jitter / 4), p=0.8))
     if gray_p > 0:
         ops.append(A.ToGray(p=gray_p))
-    ops.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
     return A.Compose(ops, seed=pipeline_seed())
 
 
@@ -86,7 +86,7 @@ class UnlabelledImages(_ImageFolder):
     """Every image under ``root`` as a Sample with no targets (for pseudo-labelling); labels, if any, ignored.
 
     ``transform`` is one of the labelled pipelines (``build_dense_transform`` or
-    ``build_classification_transform``), so unlabelled images get the same size and normalisation.
+    ``build_classification_transform``), so unlabelled images get the same size and uint8 pixels.
     A skipped bad image is None, which ``collate_samples`` leaves out.
     """
 

@@ -26,9 +26,9 @@ from fourm21.inference.loading import load
 def verification_batch(model, cfg: DictConfig, img_size: int) -> torch.Tensor:
     if cfg.get("verify_source"):
         files = list_images(cfg.verify_source)[: cfg.verify_batch]
-        return torch.stack([model.preprocess(f, img_size)[0] for f in files])
+        return torch.stack([model.preprocess(f, img_size)[0] for f in files]).float()
     g = torch.Generator().manual_seed(int(cfg.seed))
-    return torch.randn(int(cfg.verify_batch), 3, img_size, img_size, generator=g)
+    return torch.randint(0, 256, (int(cfg.verify_batch), 3, img_size, img_size), generator=g).float()  # noise pixels
 
 
 def _size_mb(path: Path) -> float:

@@ -92,7 +92,9 @@ class MaskedImagePretrainer(_Pretrainer):
         grid = self.mim.grid(tuple(images.shape[-2:]))
         mask = random_block_mask(images.shape[0], grid, self.hparams.mask_patch // self.mim.patch_size,
                                  self.hparams.mask_ratio, device=images.device)
-        loss = masked_pixel_l1(self.mim(images, mask), images, mask, self.mim.patch_size)
+        # the decoder predicts the normalised pixels (SimMIM's target), the network takes raw ones
+        target = self.mim.backbone.normalize(images)
+        loss = masked_pixel_l1(self.mim(images, mask), target, mask, self.mim.patch_size)
         self.log("pretrain/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
 

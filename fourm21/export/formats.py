@@ -20,6 +20,7 @@ from fourm21.inference.loading import load
 from fourm21.inference.model import Fourm21Model
 from fourm21.inference.raw_outputs import RawOutputs, output_names, restore_outputs
 from fourm21.inference.runners import OpenVinoRunner
+from fourm21.models.backbone import INPUT_CONTRACT
 
 FORMATS = ("safetensors", "onnx", "torch_export", "openvino")
 OPENVINO_PRECISIONS = ("f32", "bf16")  # the CPU plugin's inference precision
@@ -35,6 +36,8 @@ def write_model_card(model: Fourm21Model, out_dir: Path, img_size: int | None = 
     meta = {k: v for k, v in model.meta.items() if k not in ("class_names", "image_class_names")}
     if img_size:
         meta["img_size"] = int(img_size)
+    if model.net is not None:  # what the graph takes (it normalises inside) and the statistics it normalises with
+        meta.update(input=INPUT_CONTRACT, mean=list(model.net.backbone.mean), std=list(model.net.backbone.std))
     meta["decode"] = model.settings.saved()
     if output_names:
         meta["output_names"] = list(output_names)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fourm21.data.video import VideoReader, VideoSource
 from fourm21.inference.decode import DecodeSettings, decode, split_images
 from fourm21.inference.letterbox import unletterbox
@@ -92,13 +91,13 @@ class Fourm21Model:
         self.settings = self.settings.with_overrides(**values)
 
     def preprocess(self, image: ImageLike, img_size: int | None = None) -> tuple[torch.Tensor, dict]:
-        """One image -> normalised letterboxed (3, S, S) tensor and the meta that maps predictions back."""
+        """One image -> letterboxed (3, S, S) uint8 pixels and the meta that maps predictions back."""
         return self._letterbox(img_size or self.img_size)(image)
 
     def _letterbox(self, size: int) -> Letterbox:
         cached = getattr(self, "_letterbox_cache", None)
         if cached is None or cached.img_size != size:
-            cached = Letterbox(size, self.meta.get("mean", IMAGENET_MEAN), self.meta.get("std", IMAGENET_STD))
+            cached = Letterbox(size)
             self._letterbox_cache = cached
         return cached
 
@@ -150,6 +149,9 @@ class Fourm21Model:
             from fourm21.data.text import tokenize
             tokens = torch.stack([tokenize(c, buckets) for c in captions]).to(self.device)
         size = tuple(batch.shape[-2:])
+        if self.net is None and not self.meta.get("input"):  # a graph exported before it normalised its input
+            mean, std = (torch.tensor(self.meta[k], dtype=torch.float32).view(3, 1, 1) * 255.0 for k in ("mean", "std"))
+            batch = (batch.float() - mean.to(batch.device)) / std.to(batch.device)
         outputs = self.runner(batch, tokens)
         preds = split_images(outputs, len(chunk), size, self.settings) if self.runner.decoded else \
             decode(outputs, size, self.settings)

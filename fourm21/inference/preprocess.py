@@ -1,8 +1,8 @@
-"""Images of any kind -> the normalised letterboxed batch the network takes, by the training val pipeline."""
+"""Images of any kind -> the letterboxed uint8 batch the network takes (``INPUT_CONTRACT``), by the training val
+pipeline."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from fourm21.data.images import read_image, to_rgb
-from fourm21.data.transforms import build_dense_transform, normalize_images, to_chw
+from fourm21.data.transforms import build_dense_transform, to_chw
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -28,19 +28,18 @@ def as_rgb_array(image: ImageLike) -> tuple[np.ndarray, str | None]:
 
 
 class Letterbox:
-    """The letterbox (longest side to ``img_size``, padded bottom/right) and normalisation that training
-    validates with (``build_dense_transform(train=False)``): one definition, so predictions see what
-    validation saw."""
+    """The letterbox (longest side to ``img_size``, padded bottom/right) that training validates with
+    (``build_dense_transform(train=False)``): one definition, so predictions see what validation saw. Its output
+    is uint8 pixels, as the network takes them (it normalises them itself)."""
 
-    def __init__(self, img_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, img_size: int) -> None:
         self.img_size = int(img_size)
-        self.mean, self.std = tuple(mean), tuple(std)
         self.transform = build_dense_transform(self.img_size, train=False)
 
     def __call__(self, image: ImageLike) -> tuple[torch.Tensor, dict]:
-        """One image -> (3, S, S) float tensor and the meta that maps predictions back (orig_size, scale)."""
+        """One image -> (3, S, S) uint8 tensor and the meta that maps predictions back (orig_size, scale)."""
         arr, name = as_rgb_array(image)
         out = self.transform(image=arr)["image"]
         h, w = arr.shape[:2]
         meta = {"orig_size": (h, w), "scale": self.img_size / max(h, w), "file_name": name}
-        return normalize_images(to_chw(out), self.mean, self.std), meta
+        return to_chw(out), meta

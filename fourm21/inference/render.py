@@ -16,8 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
                     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128],
                     [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0], [170, 255, 195]]) / 255.0
@@ -32,14 +30,12 @@ TITLE_H = 20  # px: the strip above a grid panel holding its title
 
 
 def image_to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) uint8 pixels or ImageNet-normalised floats (what the data sets yield) -> (H, W, 3) uint8 RGB,
-    the input ``draw_frame`` takes."""
+    """(3, H, W) pixels as the network takes them (uint8, or float 0-255: ``INPUT_CONTRACT``) -> (H, W, 3) uint8
+    RGB, the input ``draw_frame`` takes."""
     if image.dtype == torch.uint8:
         return np.ascontiguousarray(image.cpu().permute(1, 2, 0).numpy())
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    pixels = (image.cpu().float() * std + mean).clamp(0, 1) * 255
-    return np.ascontiguousarray(pixels.round().to(torch.uint8).permute(1, 2, 0).numpy())
+    pixels = image.cpu().float().clamp(0, 255).round().to(torch.uint8)
+    return np.ascontiguousarray(pixels.permute(1, 2, 0).numpy())
 
 
 def tint_masks(image: np.ndarray, pred: Mapping[str, torch.Tensor], score_thr: float, semantic: bool

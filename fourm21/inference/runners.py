@@ -66,7 +66,8 @@ class OnnxRunner:
         self.decoded = decodes_inside(self.names, decoded_keys)
 
     def __call__(self, images: torch.Tensor, caption_tokens: torch.Tensor | None = None) -> RawOrDecoded:
-        arrays = [torch.from_numpy(a) for a in self.session.run(self.names, {"images": images.detach().cpu().numpy()})]
+        pixels = images.detach().cpu().float().numpy()  # the graph's input: float pixels (it normalises them)
+        arrays = [torch.from_numpy(a) for a in self.session.run(self.names, {"images": pixels})]
         if self.decoded:
             return dict(zip(self.names, arrays))
         return restore_outputs(self.names, arrays)
@@ -83,7 +84,7 @@ class ExportedProgramRunner:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, caption_tokens: torch.Tensor | None = None) -> RawOrDecoded:
-        return restore_outputs(self.names, [t.cpu() for t in self.program(images)])
+        return restore_outputs(self.names, [t.cpu() for t in self.program(images.float())])
 
 
 class OpenVinoRunner:

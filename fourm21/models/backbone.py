@@ -20,7 +20,6 @@ import timm
 import torch
 from torch import nn
 
-from fourm21.data.transforms import normalize_images
 from fourm21.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -60,15 +59,24 @@ class SimplePyramid(nn.Module):
         return [level(x) for level in self.levels]
 
 
+# The one statement of what the network takes; training, the letterbox, every runner and export follow it.
+INPUT_CONTRACT = ("images (B, 3, H, W), RGB, pixel values 0-255 (uint8, or float of the same scale); the network "
+                  "normalises them with its own mean and std")
+
+
 class TimmBackbone(nn.Module):
     """Wraps ``timm.create_model(features_only=True)``; exposes ``channels`` and ``strides`` per level.
 
-    ``checkpoint`` loads a local timm state dict (``.safetensors`` or ``.pth``) for offline use.
+    ``checkpoint`` loads a local timm state dict (``.safetensors`` or ``.pth``) for offline use. The network's
+    input normalisation is the backbone's: ``mean`` / ``std`` (0-1 scale, RGB) as the config sets them, else
+    the statistics timm's data config gives for this model (ImageNet's for most, CLIP's for CLIP ViTs ...),
+    held as buffers so they follow the network to its device and into every export (``INPUT_CONTRACT``).
     """
 
     def __init__(self, name: str = "convnext_atto", pretrained: bool = False, checkpoint: str | None = None,
                  out_indices: tuple[int, ...] | None = None, img_size: int | None = None,
-                 drop_path_rate: float = 0.0, **kwargs) -> None:
+                 drop_path_rate: float = 0.0, mean: list[float] | None = None, std: list[float] | None = None,
+                 **kwargs) -> None:
         super().__init__()
         self.name = name
         if out_indices is not None:
@@ -90,6 +98,16 @@ class TimmBackbone(nn.Module):
         self.strides: list[int] = strides
         if checkpoint:
             self.load_checkpoint(checkpoint)
+        data_cfg = timm.data.resolve_model_data_config(self.body)
+        self.mean = tuple(float(v) for v in (mean if mean is not None else data_cfg["mean"]))
+        self.std = tuple(float(v) for v in (std if std is not None else data_cfg["std"]))
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError(f"model.backbone.mean / std: three values each, std > 0, got {self.mean} / {self.std}")
+        # pixel scale, (3, 1, 1); not in the state dict: the config (or timm) defines them, old checkpoints load
+        self.register_buffer("pixel_mean", torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1) * 255.0,
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1) * 255.0,
+                             persistent=False)
 
     def _create(self, pretrained: bool, kwargs: dict, optional: dict) -> nn.Module:
         """``timm.create_model(features_only=True)``, leaving out the ``optional`` keywords the model rejects."""
@@ -141,9 +159,17 @@ class TimmBackbone(nn.Module):
         if len(missing) == len(self.body.state_dict()):
             raise CheckpointError(f"backbone '{self.name}': no tensor in {file} matches the model's parameters")
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels 0-255 (uint8 or float) -> float ``(x - 255 mean) / (255 std)``."""
+        return (x.float() - self.pixel_mean) / self.pixel_std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``normalize``'s inverse: normalised floats -> float pixels 0-255."""
+        return x * self.pixel_std + self.pixel_mean
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) uint8 pixels or normalised floats -> list of (B, C_i, H/s_i, W/s_i), finest first."""
-        feats = self.body(normalize_images(x))
+        """(B, 3, H, W) pixels (``INPUT_CONTRACT``) -> list of (B, C_i, H/s_i, W/s_i), finest first."""
+        feats = self.body(self.normalize(x))
         if self.nhwc:
             feats = [f.permute(0, 3, 1, 2) for f in feats]
         if self.pyramid is not None:

@@ -67,7 +67,7 @@ class MaskedImageModel(nn.Module):
         """(B, C, H/p, W/p) last-block tokens of the masked image."""
         self._token_mask = token_mask
         try:
-            return self.backbone.body(images)[-1]
+            return self.backbone.body(self.backbone.normalize(images))[-1]
         finally:
             self._token_mask = None
 

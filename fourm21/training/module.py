@@ -13,13 +13,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel
 
-from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fourm21.errors import ConfigError
 from fourm21.inference.checkpoints import inference_prefix
 from fourm21.inference.decode import DecodeSettings, decode
 from fourm21.inference.results import build_evaluator
 from fourm21.losses.multitask import MultiTaskLoss
 from fourm21.metrics.evaluator import MultiTaskEvaluator, selection_score
+from fourm21.models.backbone import INPUT_CONTRACT
 from fourm21.models.multitask import MultiTaskNet, build_model
 from fourm21.tasks import head_losses
 from fourm21.training.ema import build_ema, update_average
@@ -63,6 +63,9 @@ class MultiTaskModule(L.LightningModule):
         # what inference needs besides weights: input size, normalisation, class names (filled in setup)
         self.hparams.meta = dict(meta or {})
         self.model: MultiTaskNet = build_model(OmegaConf.create(model))
+        # the network's input contract and statistics (the backbone's): a checkpoint reader needs no more
+        self.hparams.meta.update(input=INPUT_CONTRACT, mean=list(self.model.backbone.mean),
+                                 std=list(self.model.backbone.std))
         self.criterion = MultiTaskLoss(**loss)
         self.optim_cfg = dict(optim)
         # the one average (``ema.enabled``): evaluated and saved for inference (and the subclass' mean teacher);
@@ -85,8 +88,7 @@ class MultiTaskModule(L.LightningModule):
     @classmethod
     def from_config(cls, cfg: DictConfig) -> MultiTaskModule:
         to = lambda c: OmegaConf.to_container(c, resolve=True)  # noqa: E731
-        meta = {"img_size": cfg.data.get("img_size"), "data": cfg.data.get("name"),
-                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+        meta = {"img_size": cfg.data.get("img_size"), "data": cfg.data.get("name")}
         semi, ema = cfg.get("semi"), cfg.get("ema")
         return cls(model=to(cfg.model), loss=to(cfg.loss), optim=to(cfg.optim), meta=meta,
                    semi={k: v for k, v in to(semi).items() if k != "dataset"} if semi and semi.enabled else None,

@@ -19,7 +19,6 @@ import torch
 from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel
 
-from fourm21.data.transforms import normalize_images
 from fourm21.errors import ConfigError
 from fourm21.inference.decode import DecodeSettings, decode
 from fourm21.tasks import head_losses
@@ -76,7 +75,8 @@ class SemiSupervisedModule(MultiTaskModule):
         teacher.train(was_training)
         batch = pseudo_targets(outputs, preds, batch, config_key(self.semi, "thresholds", "semi"), settings)
         jitter = float(config_key(self.semi, "jitter", "semi"))
-        batch["image"] = photometric_jitter(normalize_images(batch["image"]), jitter)
+        backbone = self.model.backbone  # jittered in the normalised space, handed over as pixels (INPUT_CONTRACT)
+        batch["image"] = backbone.denormalize(photometric_jitter(backbone.normalize(batch["image"]), jitter))
         total, logs = self.criterion(head_losses(self.model, self.model(batch["image"]), batch))
         logs.pop("loss")
         bs = batch["image"].shape[0]

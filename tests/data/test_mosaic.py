@@ -19,7 +19,7 @@ from fourm21.data.coco import CocoDataset
 from fourm21.data.datamodule import MultiTaskDataModule
 from fourm21.data.mosaic import MosaicItem, mosaic4
 from fourm21.data.sample import IGNORE_INDEX
-from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_dense_transform
+from fourm21.data.transforms import build_dense_transform
 from fourm21.errors import DatasetError
 from tests.conftest import AUG
 
@@ -79,10 +79,9 @@ def painted(tmp_path):
 
 
 def to_rgb(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) normalised -> (H, W, 3) float RGB 0-255."""
-    if image.dtype == torch.uint8:  # the pipelines' pixels
-        return image.permute(1, 2, 0).numpy().astype(np.float64)
-    return (image.permute(1, 2, 0).numpy() * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)) * 255
+    """(3, H, W) uint8 pixels (what the pipelines hand out) -> (H, W, 3) float RGB 0-255."""
+    assert image.dtype == torch.uint8
+    return image.permute(1, 2, 0).numpy().astype(np.float64)
 
 
 def _close(rgb: np.ndarray, colour, tol: float = 3.0) -> np.ndarray:

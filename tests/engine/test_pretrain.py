@@ -69,12 +69,13 @@ def test_masked_pixel_loss_ignores_visible_patches():
 
 def test_masked_image_model_replaces_masked_tokens_only():
     mim = MaskedImageModel(TimmBackbone(**TINY_VIT)).eval()
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)  # pixels, as the network takes them
+    plain = mim.backbone.body(mim.backbone.normalize(x))[-1]
     none = torch.zeros(2, 8, 8, dtype=torch.bool)
-    assert torch.allclose(mim.encode(x, none), mim.backbone.body(x)[-1], atol=1e-5)
+    assert torch.allclose(mim.encode(x, none), plain, atol=1e-5)
     masked = none.clone()
     masked[:, :4] = True
-    assert not torch.allclose(mim.encode(x, masked), mim.backbone.body(x)[-1], atol=1e-3)
+    assert not torch.allclose(mim.encode(x, masked), plain, atol=1e-3)
     assert mim(x, masked).shape == x.shape
     with pytest.raises(ConfigError, match="needs a ViT"):
         MaskedImageModel(TimmBackbone(**TINY_CONVNEXT))

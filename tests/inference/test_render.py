@@ -9,7 +9,6 @@ import cv2
 import numpy as np
 import torch
 
-from fourm21.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fourm21.inference.render import (
     GRID_CELL,
     PALETTE,
@@ -86,13 +85,12 @@ def test_save_overlay_writes_the_drawing_as_a_png_of_the_image_size(tmp_path):
     assert cv2.imread(str(small)).shape[:2] == (320, 240)  # enlarged so that its labels stay readable
 
 
-def test_image_to_uint8_undoes_the_normalisation():
+def test_image_to_uint8_takes_the_networks_input_pixels():
     pixels = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8)
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    normalised = (pixels / 255.0 - mean) / std
     expected = pixels.permute(1, 2, 0).numpy()
-    np.testing.assert_array_equal(image_to_uint8(normalised), expected)
+    np.testing.assert_array_equal(image_to_uint8(pixels.float()), expected)  # float pixels 0-255 (INPUT_CONTRACT)
     np.testing.assert_array_equal(image_to_uint8(pixels), expected)
+    assert image_to_uint8(torch.full((3, 2, 2), 300.0)).max() == 255  # clipped, not wrapped
 
 
 def test_prediction_grid_draws_each_panel_with_draw_frame(tmp_path):
