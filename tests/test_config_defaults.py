@@ -86,3 +86,56 @@ def test_data_and_callback_classes_leave_no_tuned_default_in_code(data):
                 if name in node and _tuned(default) and _yaml_value(node, name) != _plain(default):
                     wrong.append(f"{path}.{name}: code default {default!r} != YAML {_yaml_value(node, name)!r}")
     assert not wrong, "\n".join(wrong)
+
+
+# Builders whose every setting comes from the config: a ``.get("key", literal)`` there would let a code default
+# stand in for a YAML key (``enabled`` excepted: a head entry without it is on).
+BUILDERS = ["fourm21/models", "fourm21/tasks", "fourm21/losses", "fourm21/inference/model.py",
+            "fourm21/inference/decode.py", "fourm21/training/module.py", "fourm21/training/semi_supervised.py"]
+
+
+def _defaulted_gets(source: str) -> list[tuple[int, str]]:
+    """(line, key) of each ``x.get("key", <literal other than None>)`` not compared with ``is None``."""
+    import ast
+
+    tree = ast.parse(source)
+    compared = {id(n.left) for n in ast.walk(tree) if isinstance(n, ast.Compare)
+                and any(isinstance(op, ast.Is | ast.IsNot) for op in n.ops)}
+    return [(n.lineno, n.args[0].value) for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "get"
+            and len(n.args) == 2 and isinstance(n.args[0], ast.Constant) and isinstance(n.args[0].value, str)
+            and isinstance(n.args[1], ast.Constant) and n.args[1].value is not None and id(n) not in compared
+            and n.args[0].value != "enabled"]
+
+
+def test_the_check_finds_a_defaulted_key():
+    assert _defaulted_gets('a = cfg.get("hidden", 128)\nb = cfg.get("x", 0) is None\nc = h.get("enabled", True)') \
+        == [(1, "hidden")]
+
+
+def test_no_builder_reads_a_key_with_a_code_default():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    files = [f for b in BUILDERS for f in ((repo / b).rglob("*.py") if (repo / b).is_dir() else [repo / b])]
+    found = [f"{f.relative_to(repo)}:{line}: .get({key!r}, ...)" for f in files
+             for line, key in _defaulted_gets(f.read_text())]
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("key", ["fusion.enabled", "fusion.hidden", "fusion.use_class_probs", "channels_last",
+                                 "neck.skip_unused", "heads.mlc.text.dim"])
+def test_a_key_left_out_of_the_model_config_is_named(key):
+    """build_model reads these keys (no code default): leaving one out is a ConfigError naming it."""
+    from fourm21.errors import ConfigError
+    from fourm21.models.multitask import build_model
+    from tests.conftest import model_config
+
+    cfg = model_config(**{"heads.mlc.enabled": True, "heads.mlc.num_classes": 3})
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    del node[leaf]
+    with pytest.raises(ConfigError, match=rf"model\.{key.replace('.', chr(92) + '.')} is missing"):
+        build_model(cfg)

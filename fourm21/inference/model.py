@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from fourm21.data.video import VideoReader, VideoSource
+from fourm21.errors import ConfigError
 from fourm21.inference.decode import DecodeSettings, decode, split_images
 from fourm21.inference.letterbox import unletterbox
 from fourm21.inference.preprocess import ImageLike, Letterbox
@@ -53,7 +54,10 @@ class Fourm21Model:
 
     @property
     def img_size(self) -> int:
-        return int(self.meta.get("img_size") or self.model_config.get("backbone", {}).get("img_size") or 640)
+        size = self.meta.get("img_size") or (self.model_config.get("backbone") or {}).get("img_size")
+        if not size:
+            raise ConfigError("img_size: the model records no input size (meta.img_size); pass img_size=")
+        return int(size)
 
     @property
     def class_names(self) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -104,7 +105,12 @@ def build_model(cfg: DictConfig | Mapping) -> MultiTaskNet:
         except Exception as e:  # hydra wraps import errors; name the key instead
             raise ConfigError(f"model.heads.{name}._target_: cannot import '{params['_target_']}' ({e})") from None
         in_channels = list(backbone.channels) if head_cls.source == "backbone" else neck.channels
-        head = instantiate(params, in_channels=in_channels)
+        try:
+            head = instantiate(params, in_channels=in_channels)
+        except InstantiationException as e:  # hydra wraps the head's own one-line ConfigError: raise that
+            if isinstance(e.__cause__, ConfigError):
+                raise e.__cause__ from None
+            raise
         head.name = name
         heads[name] = head
     fusion = None

@@ -55,7 +55,8 @@ def test_the_network_owns_its_input_normalisation():
     """mean/std from timm's data config of the model (ImageNet for ConvNeXt, CLIP's for a CLIP ViT) unless the
     config sets them; uint8 and float pixels give the same features; the buffers stay out of the state dict."""
     convnext = TimmBackbone(**TINY_CONVNEXT).eval()
-    assert convnext.mean == pytest.approx((0.485, 0.456, 0.406)) and convnext.std == pytest.approx((0.229, 0.224, 0.225))
+    assert convnext.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert convnext.std == pytest.approx((0.229, 0.224, 0.225))
     clip = TimmBackbone(**{**TINY_VIT, "name": "vit_base_patch16_clip_224.openai"})
     assert clip.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     own = TimmBackbone(**TINY_CONVNEXT, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25]).eval()

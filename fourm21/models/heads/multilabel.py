@@ -29,14 +29,18 @@ class MultiLabelHead(Head):
             raise ConfigError(f"model.heads.mlc.tune must be per_class, global or none, got {tune}")
         self.tune = tune
         text = dict(text or {})
+        missing = [k for k in ("enabled", "fusion", "dim", "num_buckets") if k not in text]
+        if missing:
+            raise ConfigError(f"model.heads.mlc.text.{missing[0]} is missing from the config "
+                              f"(fourm21/configs/model/multitask.yaml sets it)")
         self.num_classes = num_classes
         self.pool = MultiScalePool(in_channels, hidden)
-        self.text_enabled = bool(text.get("enabled", True))
-        self.fusion = text.get("fusion", "concat")
+        self.text_enabled = bool(text["enabled"])
+        self.fusion = text["fusion"]
         if self.fusion not in ("concat", "attention"):
             raise ConfigError(f"model.heads.mlc.text.fusion must be concat or attention, got {self.fusion}")
-        dim = int(text.get("dim", 128))
-        buckets = int(text.get("num_buckets", 4096))
+        dim = int(text["dim"])
+        buckets = int(text["num_buckets"])
         width = self.pool.out_channels
         if self.text_enabled and self.fusion == "concat":
             self.text_encoder = nn.EmbeddingBag(buckets, dim, mode="mean", padding_idx=0)
