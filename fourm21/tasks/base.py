@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fourm21.errors import ConfigError
+from fourm21.errors import ConfigError, check_number
 from fourm21.models.heads.base import Head
 
 Outputs = Mapping[str, Mapping[str, torch.Tensor]]
@@ -121,7 +121,20 @@ class Task:
         """Fill the sizes the config leaves to the data (``null``) from the training sets, in place."""
 
     def check_config(self, cfg: Any, name: str, head_cfg: Any) -> None:
-        """ConfigError naming the key for a setting of this head that cannot work (before any work starts)."""
+        """ConfigError naming the key for a setting of this head that cannot work (before any work starts).
+        The default checks the sizes the data gives (``data_keys``); a task that overrides it calls it too."""
+        data = cfg.get("data")
+        for own, key in self.data_keys.items():
+            if head_cfg.get(own) is None and data is not None and data.get(key, 0) is None:
+                continue  # null on both sides: read from the training data (``fill_from_data``)
+            if own not in head_cfg:
+                continue
+            check_number(head_cfg[own], f"model.heads.{name}.{own}", integer=True)
+            if head_cfg[own] < 1:
+                data_name = data.get("name") if data is not None else None
+                raise ConfigError(f"model.heads.{name}.{own} is {head_cfg[own]}: data '{data_name}' has no labels for "
+                                  f"this head; disable it (model.heads.{name}.enabled=false) or pick an experiment "
+                                  f"made for this data (e.g. experiment={data_name})")
 
     def text_buckets(self, head_cfg: Mapping[str, Any]) -> int | None:
         """The hash buckets of caption tokens when this head reads captions, else None."""

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from omegaconf import open_dict
 
-from fourm21.errors import ConfigError, check_number
+from fourm21.errors import ConfigError
 from fourm21.losses.classification import softmax_ce_loss
 from fourm21.metrics.classification import ClassificationMetrics
 from fourm21.models.heads.classification import ClassificationHead
@@ -98,22 +98,3 @@ class ClassificationTask(Task):
             raise ConfigError("data.num_image_classes is null but no training data set names its image classes")
         with open_dict(cfg):
             cfg.data.num_image_classes = len(names)
-
-    def check_config(self, cfg: Any, name: str, head_cfg: Any) -> None:
-        if head_cfg.get("num_classes") is None and cfg.get("data") is not None \
-                and cfg.data.get("num_image_classes", 0) is None:
-            return  # read from the training set's class folders
-        check_num_classes(cfg, name, head_cfg)
-
-
-def check_num_classes(cfg: Any, name: str, head_cfg: Any) -> None:
-    """``model.heads.<name>.num_classes`` is an integer >= 1, else a ConfigError that says the data lacks labels."""
-    if "num_classes" not in head_cfg:
-        return
-    n = head_cfg.num_classes
-    check_number(n, f"model.heads.{name}.num_classes", integer=True)
-    if n < 1:
-        data_name = cfg.data.get("name") if cfg.get("data") is not None else None
-        raise ConfigError(f"model.heads.{name}.num_classes is {n}: data '{data_name}' has no labels for this head; "
-                          f"disable it (model.heads.{name}.enabled=false) or pick an experiment made for this data "
-                          f"(e.g. experiment={data_name})")

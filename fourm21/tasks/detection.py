@@ -15,7 +15,6 @@ from fourm21.errors import ConfigError, check_number
 from fourm21.losses.detection import decode_ltrb, fcos_assign, fcos_loss, level_ranges
 from fourm21.models.heads.detection import DetectionHead, make_points
 from fourm21.tasks.base import Losses, Outputs, Pred, Task, pseudo_threshold
-from fourm21.tasks.classification import check_num_classes
 from fourm21.tasks.registry import register
 
 
@@ -179,9 +178,7 @@ class DetectionTask(Task):
         fill_object_classes(cfg, name, datamodule)
 
     def check_config(self, cfg: Any, name: str, head_cfg: Any) -> None:
-        if not (head_cfg.get("num_classes") is None and cfg.get("data") is not None
-                and cfg.data.get("num_classes", 0) is None):
-            check_num_classes(cfg, name, head_cfg)
+        super().check_config(cfg, name, head_cfg)
         for key, low_open in (("score_thr", False), ("iou_thr", True)):
             if key in head_cfg:
                 _probability(f"model.heads.{name}.{key}", head_cfg[key], low_open)

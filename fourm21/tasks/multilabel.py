@@ -15,7 +15,6 @@ from fourm21.errors import ConfigError
 from fourm21.metrics.image_labels import MultiLabelMetrics
 from fourm21.models.heads.multilabel import MultiLabelHead
 from fourm21.tasks.base import ConfigKeys, Losses, Outputs, Pred, Task, pseudo_threshold
-from fourm21.tasks.classification import check_num_classes
 from fourm21.tasks.registry import register
 
 
@@ -133,9 +132,3 @@ class MultiLabelTask(Task):
             cfg.data.num_labels = len(ids)
             if cfg.data.get("class_ids") is None:
                 cfg.data.class_ids = ids
-
-    def check_config(self, cfg: Any, name: str, head_cfg: Any) -> None:
-        if head_cfg.get("num_classes") is None and cfg.get("data") is not None \
-                and cfg.data.get("num_labels", 0) is None:
-            return  # read from the training CSV's class ids
-        check_num_classes(cfg, name, head_cfg)

@@ -15,7 +15,6 @@ from fourm21.losses.masks import semantic_loss
 from fourm21.metrics.segmentation import SegmentationMetrics
 from fourm21.models.heads.semantic import SemanticHead
 from fourm21.tasks.base import Losses, Outputs, Pred, Task, pseudo_threshold
-from fourm21.tasks.classification import check_num_classes
 from fourm21.tasks.detection import fill_object_classes
 from fourm21.tasks.registry import register
 
@@ -119,8 +118,6 @@ class SemanticTask(Task):
         fill_object_classes(cfg, name, datamodule)
 
     def check_config(self, cfg: Any, name: str, head_cfg: Any) -> None:
-        if not (head_cfg.get("num_classes") is None and cfg.get("data") is not None
-                and cfg.data.get("num_classes", 0) is None):
-            check_num_classes(cfg, name, head_cfg)
+        super().check_config(cfg, name, head_cfg)
         if "label_stride" in head_cfg:
             check_number(head_cfg.label_stride, f"model.heads.{name}.label_stride", 1, integer=True)
