@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from fourm21.errors import ConfigError
 from fourm21.tasks import Task, task_for_config, tasks_of
 from fourm21.tasks.registry import enabled_entries, in_order
 
@@ -61,10 +60,6 @@ class DecodeSettings:
                     new.setdefault(name, {})[task.overrides[key]] = task.check_override(key, value)
         return DecodeSettings(self.tasks, new)
 
-    def override_keys(self) -> set[str]:
-        """The keys ``with_overrides`` gives to some head of this model."""
-        return {k for task in self.tasks.values() for k in task.overrides}
-
     def saved(self) -> dict[str, dict[str, Any]]:
         """The values as plain lists and numbers, for an export's config (``from_config(..., saved=)``)."""
         def plain(v: Any) -> Any:
@@ -104,15 +99,9 @@ def decode_batch(outputs: Outputs, image_size: tuple[int, int], s: DecodeSetting
     return out
 
 
-def batch_size_of(decoded: Mapping[str, torch.Tensor], outputs: Outputs | None = None,
-                  s: DecodeSettings | None = None) -> int:
-    if outputs:
-        return next(iter(next(iter(outputs.values())).values())).shape[0]
-    flat = {k for task in (s.tasks.values() if s is not None else ()) for k in task.flat_keys}
-    per_image = [v for k, v in decoded.items() if k not in flat]
-    if not per_image:
-        raise ValueError("cannot tell the batch size of detections alone; pass batch=")
-    return per_image[0].shape[0]
+def batch_size_of(outputs: Outputs) -> int:
+    """The batch size of raw outputs (every head's tensors are (B, ...) except the anchor points)."""
+    return next(iter(next(iter(outputs.values())).values())).shape[0]
 
 
 def split_images(decoded: Mapping[str, torch.Tensor], batch: int, image_size: tuple[int, int],
@@ -131,11 +120,4 @@ def split_images(decoded: Mapping[str, torch.Tensor], batch: int, image_size: tu
 @torch.no_grad()
 def decode(outputs: Outputs, image_size: tuple[int, int], s: DecodeSettings) -> list[dict[str, torch.Tensor]]:
     """Raw outputs -> one dict of predictions per image, on the network input (see ``split_images``)."""
-    return split_images(decode_batch(outputs, image_size, s), batch_size_of({}, outputs), image_size, s)
-
-
-def check_override_keys(s: DecodeSettings, **values: Any) -> None:
-    """A ConfigError for a given (non-None) decode key that no head of the model takes."""
-    unknown = sorted(k for k, v in values.items() if v is not None and k not in s.override_keys())
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: no head of this model ({', '.join(s.heads)}) takes it")
+    return split_images(decode_batch(outputs, image_size, s), batch_size_of(outputs), image_size, s)
