@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -24,17 +23,10 @@ from fourm21.tasks import override_values, tasks_of_config
 DATA_PATH_KEYS = ("root", "cifar10_root", "csv", "val_csv", "image_dir")
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-_number = check_number
-
-
 def check_config(cfg: DictConfig) -> None:
     """Raise a ConfigError (or DatasetError / CheckpointError for paths) naming the first bad key."""
     if cfg.get("seed") is not None:
-        _number(cfg.seed, "seed", 0, integer=True)
+        check_number(cfg.seed, "seed", 0, integer=True)
     override_values(cfg)  # fourm21-predict / -eval / -serve: score_thr, max_det ... checked by the tasks taking them
     _check_optim(cfg.get("optim"))
     _check_loss(cfg.get("loss"))
@@ -53,19 +45,19 @@ def _check_optim(optim: DictConfig | None) -> None:
     if not optim:
         return
     if "lr" in optim:
-        _number(optim.lr, "optim.lr", 0, low_open=True)
+        check_number(optim.lr, "optim.lr", 0, low_open=True)
     if "weight_decay" in optim:
-        _number(optim.weight_decay, "optim.weight_decay", 0)
+        check_number(optim.weight_decay, "optim.weight_decay", 0)
     if "warmup_frac" in optim:
-        _number(optim.warmup_frac, "optim.warmup_frac", 0, 1, high_open=True)
+        check_number(optim.warmup_frac, "optim.warmup_frac", 0, 1, high_open=True)
     if "min_lr_ratio" in optim:
-        _number(optim.min_lr_ratio, "optim.min_lr_ratio", 0, 1)
+        check_number(optim.min_lr_ratio, "optim.min_lr_ratio", 0, 1)
     if "betas" in optim:
         betas = optim.betas
         if not isinstance(betas, ListConfig | list) or len(betas) != 2:
             raise ConfigError(f"optim.betas: must be two numbers in [0, 1), got {betas!r}")
         for i, b in enumerate(betas):
-            _number(b, f"optim.betas[{i}]", 0, 1, high_open=True)
+            check_number(b, f"optim.betas[{i}]", 0, 1, high_open=True)
 
 
 def _check_loss(loss: DictConfig | None) -> None:
@@ -74,7 +66,7 @@ def _check_loss(loss: DictConfig | None) -> None:
     if "weighting" in loss and loss.weighting not in ("fixed", "uncertainty"):
         raise ConfigError(f"loss.weighting: must be 'fixed' or 'uncertainty', got {loss.weighting!r}")
     for task, w in (loss.get("weights") or {}).items():
-        _number(w, f"loss.weights.{task}", 0)
+        check_number(w, f"loss.weights.{task}", 0)
 
 
 def _check_trainer(trainer: DictConfig | None) -> None:
@@ -82,13 +74,13 @@ def _check_trainer(trainer: DictConfig | None) -> None:
         return
     max_epochs = trainer.get("max_epochs")
     if max_epochs is not None:
-        _number(max_epochs, "trainer.max_epochs", 1, integer=True)
+        check_number(max_epochs, "trainer.max_epochs", 1, integer=True)
     every = trainer.get("check_val_every_n_epoch")
     if every is not None:
-        _number(every, "trainer.check_val_every_n_epoch", 1, integer=True)
+        check_number(every, "trainer.check_val_every_n_epoch", 1, integer=True)
     clip = trainer.get("gradient_clip_val")
     if clip is not None:
-        _number(clip, "trainer.gradient_clip_val", 0)
+        check_number(clip, "trainer.gradient_clip_val", 0)
     if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator: '{trainer.accelerator}' but no CUDA device is visible; "
                           f"use trainer=cpu")
@@ -97,24 +89,24 @@ def _check_trainer(trainer: DictConfig | None) -> None:
 def _check_data(data: DictConfig) -> None:
     for key in ("img_size", "cifar_img_size"):
         if data.get(key) is not None:
-            _number(data[key], f"data.{key}", 1, integer=True)
+            check_number(data[key], f"data.{key}", 1, integer=True)
     if "on_bad_image" in data:
         check_policy(data.on_bad_image)
     for key in ("limit_train", "limit_val"):
         if data.get(key) is not None:
-            _number(data[key], f"data.{key}", 1, integer=True)
+            check_number(data[key], f"data.{key}", 1, integer=True)
     ratios = data.get("ratios")
     if isinstance(ratios, Mapping):
         for name, r in ratios.items():
-            _number(r, f"data.ratios.{name}", 0)
+            check_number(r, f"data.ratios.{name}", 0)
         if not sum(ratios.values()) > 0:
             raise ConfigError(f"data.ratios: must not all be 0, got {dict(ratios)}")
     dm = data.get("datamodule") or {}
     sizes = dm.get("batch_size", 1)
     for key, size in (sizes.items() if isinstance(sizes, Mapping) else [("", sizes)]):
-        _number(size, "data.datamodule.batch_size" + (f".{key}" if key else ""), 1, integer=True)
+        check_number(size, "data.datamodule.batch_size" + (f".{key}" if key else ""), 1, integer=True)
     if dm.get("num_workers") is not None:
-        _number(dm.num_workers, "data.datamodule.num_workers", 0, integer=True)
+        check_number(dm.num_workers, "data.datamodule.num_workers", 0, integer=True)
     if not dm.get("prepare") and not data.get("download"):  # nothing will create the paths: they must exist
         for key in DATA_PATH_KEYS:
             value = data.get(key)
@@ -128,7 +120,7 @@ def _check_heads(cfg: DictConfig) -> None:
     strides = []
     for name, h in enabled.items():
         for i, s in enumerate(h.get("strides") or []):
-            _number(s, f"model.heads.{name}.strides[{i}]", 1, integer=True)
+            check_number(s, f"model.heads.{name}.strides[{i}]", 1, integer=True)
             strides.append(s)
     max_stride = max(strides + [32])
     img_size = cfg.data.get("img_size") if cfg.get("data") is not None else None
