@@ -39,6 +39,9 @@ def print_summary(summary: dict) -> None:
     for split, s in summary["splits"].items():
         repairs = ", ".join(f"{k}: {v}" for k, v in s["repairs"].items()) or "none"
         print(f"{split:<8}{s['images']:>8}{s['annotations']:>9}{s['masks']:>8}  {repairs}")
+    pose = {split: s["keypoints"] for split, s in summary["splits"].items() if "keypoints" in s}
+    if pose:  # YOLO pose labels: written as COCO keypoints
+        print("keypoints: objects with labelled keypoints: " + ", ".join(f"{k} {n}" for k, n in pose.items()))
     for note, count in summary["notes"].items():
         print(f"note: {count} {note}")
     if summary["skipped_images"]:

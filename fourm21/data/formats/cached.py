@@ -3,8 +3,9 @@
 ``ensure_converted`` is the data configs' ``datamodule.prepare`` hook: it writes ``to_coco.convert``'s output
 into ``<cache_dir>/<format>-<source name>-<hash of the source path>`` and converts again only when the
 source changed. Whether it changed is read from a fingerprint of the source's files (their number, total
-size and latest modification time: one ``stat`` per file, no file is read) and the conversion options,
-kept in the output's ``.fourm21_convert.json`` stamp. ``converted_split`` is the data sets' factory: the
+size and latest modification time: one ``stat`` per file, no label or image is read), a hash of YOLO's
+data.yaml (its kpt_shape, flip_idx, ... shape the output) and the conversion options, kept in the output's
+``.fourm21_convert.json`` stamp. ``converted_split`` is the data sets' factory: the
 split of that output through the one COCO reader (``fourm21.data.coco.CocoDataset``).
 """
 
@@ -25,7 +26,7 @@ from fourm21.data.formats.voc import voc_root
 from fourm21.data.formats.yolo import _load, dataset_root, find_yaml
 from fourm21.errors import ConfigError, DatasetError
 
-CACHE_VERSION = 1  # bump when the conversion writes something else: every cache is then converted again
+CACHE_VERSION = 2  # bump when the conversion writes something else: every cache converts again (2: keypoints)
 _FRESH: dict[str, Path] = {}  # this process already checked (or wrote) these conversions
 
 
@@ -89,6 +90,16 @@ def fingerprint(paths: list[Path]) -> dict[str, int]:
     return {"files": files, "bytes": size, "mtime_ns": latest}
 
 
+def yaml_digest(src: Path) -> str:
+    """sha1 of YOLO's data.yaml: its options (names, kpt_shape, flip_idx, ...) shape the output, and an edit
+    that keeps its size, with an older mtime than the newest file, would not change the fingerprint."""
+    yaml_file = find_yaml(src)
+    try:
+        return hashlib.sha1(yaml_file.read_bytes()).hexdigest()
+    except OSError as e:
+        raise DatasetError(f"{yaml_file}: cannot read it ({str(e).splitlines()[0]})") from None
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """One converting process at a time (DDP: every rank runs the prepare hook)."""
@@ -124,6 +135,8 @@ def ensure_converted(fmt: str, src: str | Path | None, cache_dir: str | Path, *,
     if _FRESH.get(key) == out and (out / STAMP).is_file():
         return out
     wanted = {**settings, "fingerprint": fingerprint(watched(fmt, path))}
+    if fmt == "yolo":
+        wanted["yaml_sha1"] = yaml_digest(path)
 
     def is_fresh() -> bool:
         stamp = _stamp(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -23,12 +24,16 @@ ROTATED = (5, 6, 7, 8)  # EXIF orientations stored turned by 90 degrees: width a
 
 @dataclass
 class Instance:
-    """One object: a COCO category id, its box (x, y, w, h) and, if it has one, a mask as polygons or RLE."""
+    """One object: a COCO category id, its box (x, y, w, h) and, if it has one, a mask as polygons or RLE.
+
+    ``keypoints``: COCO's flat ``[x1, y1, v1, ...]`` in pixels (v 0: not labelled, then x = y = 0; 1: occluded;
+    2: visible), for pose labels (YOLO's ``kpt_shape``); None for objects without keypoints."""
 
     category_id: int
     bbox: tuple[float, float, float, float]
     segmentation: list[list[float]] | dict | None = None
     iscrowd: int = 0
+    keypoints: list[float] | None = None
 
 
 @dataclass
@@ -53,13 +58,16 @@ class Source:
     """A data set read from a tool's files: ``categories`` [(COCO id, name)], ``splits`` {name: images}.
 
     ``notes`` counts what was left out or assumed while reading (printed by the converter);
-    ``skipped`` lists the images left out under ``on_bad_image=skip`` ({file: reason})."""
+    ``skipped`` lists the images left out under ``on_bad_image=skip`` ({file: reason}).
+    ``category_fields`` holds more keys of a category's COCO entry, by COCO id (pose: ``keypoints``,
+    ``skeleton``, ``flip_idx``), so the writer stays ignorant of where they came from."""
 
     categories: list[tuple[int, str]]
     splits: dict[str, list[ImageRecord]]
     notes: Counter[str] = field(default_factory=Counter)
     skipped: dict[str, str] = field(default_factory=dict)
     semantic_lut: np.ndarray | None = None
+    category_fields: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def image_size(path: Path) -> tuple[int, int]:

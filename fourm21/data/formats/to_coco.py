@@ -1,7 +1,7 @@
 """Write a ``Source`` as the official COCO layout that ``configs/data/coco.yaml`` reads:
 
     <out>/train2017/  <out>/val2017/  (<out>/test2017/)     the images (linked or copied)
-    <out>/annotations/instances_<split>2017.json            COCO instances JSON
+    <out>/annotations/instances_<split>2017.json            COCO instances JSON (+ keypoints: YOLO pose)
     <out>/semantic_<split>2017/<stem>.png                   class maps, when every image of a split has one (VOC)
     <out>/.fourm21_convert.json                             what was converted, from where, with which options
 
@@ -126,9 +126,15 @@ def coco_dict(source: Source, records: list[ImageRecord], description: str) -> d
                 ann["segmentation"] = inst.segmentation
             elif inst.segmentation:
                 ann["segmentation"] = [[round(float(v), 2) for v in p] for p in inst.segmentation]
+            if inst.keypoints is not None:  # COCO keypoints: [x, y, v] * K in pixels, v an int
+                ann["keypoints"] = [int(v) if i % 3 == 2 else round(float(v), 2)
+                                    for i, v in enumerate(inst.keypoints)]
+                ann["num_keypoints"] = sum(1 for v in inst.keypoints[2::3] if v > 0)
             annotations.append(ann)
+    categories = [{"id": i, "name": n, "supercategory": "", **source.category_fields.get(i, {})}
+                  for i, n in source.categories]
     return {"info": {"description": description}, "licenses": [], "images": images, "annotations": annotations,
-            "categories": [{"id": i, "name": n, "supercategory": ""} for i, n in source.categories]}
+            "categories": categories}
 
 
 def convert(fmt: str, src: str | Path, out: str | Path, *, images: str = "symlink", overwrite: bool = False,
@@ -158,6 +164,7 @@ def convert(fmt: str, src: str | Path, out: str | Path, *, images: str = "symlin
     summary: dict[str, Any] = {"format": fmt, "src": str(src.resolve()), "out": str(out.resolve()),
                                "categories": [n for _, n in source.categories], "splits": {},
                                "notes": dict(source.notes), "skipped_images": source.skipped}
+    pose = any("keypoints" in f for f in source.category_fields.values())
     (out / "annotations").mkdir(exist_ok=True)
     for split, records in source.splits.items():
         for r in records:
@@ -173,6 +180,8 @@ def convert(fmt: str, src: str | Path, out: str | Path, *, images: str = "symlin
             "images": len(records), "annotations": len(data["annotations"]),
             "masks": sum(bool(a["segmentation"]) for a in data["annotations"]),
             "semantic_dir": str(out / f"semantic_{split_dir(split)}") if semantic else None, "repairs": repairs}
+        if pose:
+            summary["splits"][split]["keypoints"] = sum(a.get("num_keypoints", 0) > 0 for a in data["annotations"])
     summary["options"] = {"images": images, "names": names, "val_fraction": val_fraction, "seed": seed,
                           "on_bad_image": on_bad_image, **options}
     summary["complete"] = True

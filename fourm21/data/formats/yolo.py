@@ -2,7 +2,8 @@
 and, per image ``.../images/<x>.jpg``, a label file ``.../labels/<x>.txt``.
 
 A label line is ``class cx cy w h`` (a box) or ``class x1 y1 ... xn yn`` (a polygon, n >= 3), normalised
-to [0, 1]; with ``kpt_shape`` in data.yaml (pose) the keypoints after the box are ignored. ``names`` is a
+to [0, 1]. With ``kpt_shape: [K, D]`` in data.yaml (pose) a line is the box and K keypoints of D values
+(``px py`` or ``px py visibility``), written as COCO keypoints (see ``pose_spec``). ``names`` is a
 list or a ``{id: name}`` dict; class k becomes COCO category k + 1. ``train`` / ``val`` / ``test`` are
 folders of images, text files listing images, or lists of either, relative to ``path``. A relative
 ``path`` that does not exist from the yaml's folder or the working directory falls back to the yaml's
@@ -13,7 +14,9 @@ An image without a label file is kept as an image without objects.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -149,8 +152,116 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def parse_labels(label: Path, h: int, w: int, ids: set[int], box_fields: int | None) -> list[Instance]:
-    """The objects of one label file; a DatasetError naming ``file:line`` for a line that cannot be read."""
+@dataclass(frozen=True)
+class PoseSpec:
+    """data.yaml's keypoint settings: ``k`` points of ``d`` values (2: x y; 3: x y visibility) after each box,
+    their names per class id (0-based), COCO's 1-based ``skeleton`` pairs and the 0-based left/right ``flip_idx``."""
+
+    k: int
+    d: int
+    names: dict[int, list[str]]
+    skeleton: list[list[int]]
+    flip_idx: list[int] | None
+
+    @property
+    def fields(self) -> int:
+        """Fields of a label line: class, the box, then the keypoints."""
+        return 5 + self.k * self.d
+
+    def category_fields(self, class_id: int) -> dict[str, Any]:
+        """The keys a category's COCO entry gets for class ``class_id`` (flip_idx only when data.yaml has it)."""
+        out: dict[str, Any] = {"keypoints": list(self.names[class_id]),
+                               "skeleton": [list(p) for p in self.skeleton]}
+        if self.flip_idx is not None:
+            out["flip_idx"] = list(self.flip_idx)
+        return out
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _name_list(raw: Any, k: int, yaml_file: Path, key: str) -> list[str]:
+    if not isinstance(raw, list) or len(raw) != k or not all(isinstance(n, str | int | float) for n in raw):
+        got = f"{len(raw)} names" if isinstance(raw, list) else repr(raw)
+        raise DatasetError(f"{yaml_file}: {key}: needs a list of {k} keypoint names (kpt_shape has {k} points), "
+                           f"got {got}")
+    return [str(n) for n in raw]
+
+
+def pose_spec(cfg: dict, yaml_file: Path, ids: set[int]) -> PoseSpec | None:
+    """data.yaml's ``kpt_shape`` / ``kpt_names`` / ``skeleton`` / ``flip_idx``, checked; None without
+    ``kpt_shape`` (the other keys are then ignored, as ultralytics does)."""
+    shape = cfg.get("kpt_shape")
+    if shape is None:
+        return None
+    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(v) for v in shape)
+            and shape[0] >= 1 and shape[1] in (2, 3)):
+        raise DatasetError(f"{yaml_file}: kpt_shape: must be [K, D], K >= 1 keypoints of D = 2 (x y) or 3 "
+                           f"(x y visibility) values, got {shape!r}")
+    k, d = shape
+    default = [str(i) for i in range(k)]
+    raw = cfg.get("kpt_names")
+    if raw is None:
+        names = {c: default for c in ids}
+    elif isinstance(raw, dict):  # ultralytics: {class id: [names]}; classes left out get "0", "1", ...
+        names = {c: default for c in ids}
+        for key, value in raw.items():
+            try:
+                c = int(key)
+            except (TypeError, ValueError):
+                c = -1
+            if c not in ids:
+                raise DatasetError(f"{yaml_file}: kpt_names: key {key!r} is not a class id of names "
+                                   f"({_id_range(ids)})")
+            names[c] = _name_list(value, k, yaml_file, f"kpt_names[{key}]")
+    else:
+        names = dict.fromkeys(ids, _name_list(raw, k, yaml_file, "kpt_names"))
+    skeleton = cfg.get("skeleton") or []
+    if not (isinstance(skeleton, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(_is_int(i) and 1 <= i <= k for i in p) for p in skeleton)):
+        raise DatasetError(f"{yaml_file}: skeleton: must be a list of [a, b] pairs of keypoints numbered "
+                           f"1..{k} (COCO's 1-based skeleton), got {skeleton!r}")
+    flip = cfg.get("flip_idx")
+    if flip is not None and not (isinstance(flip, list) and all(_is_int(i) for i in flip)
+                                 and sorted(flip) == list(range(k))):
+        raise DatasetError(f"{yaml_file}: flip_idx: must list each keypoint 0..{k - 1} once (the 0-based index "
+                           f"each point becomes when the image is flipped left-right), got {flip!r}")
+    return PoseSpec(k, d, names, skeleton, flip)
+
+
+def _visibility(v: float) -> int:
+    """COCO's v from a YOLO visibility: 0 stays 0 (not labelled); a labelled point is 1 (occluded) or 2
+    (visible), anything else clipped to those (ultralytics writes 0/1 or 0/1/2, some tools a confidence)."""
+    return 0 if v <= 0 else min(2, max(1, int(v)))
+
+
+def parse_keypoints(values: list[float], pose: PoseSpec, h: int, w: int, where: str) -> list[float]:
+    """COCO's flat ``[x, y, v] * K`` in pixels from a line's keypoint values (x = y = 0 where v = 0)."""
+    out: list[float] = []
+    for j in range(pose.k):
+        point = values[j * pose.d:(j + 1) * pose.d]
+        x, y = point[0], point[1]
+        if pose.d == 3:
+            if not math.isfinite(point[2]):
+                raise DatasetError(f"{where}: keypoint {j} visibility {point[2]:g} is not a number 0, 1 or 2")
+            v = _visibility(point[2])
+        else:  # no visibility: a point at (0, 0) is ultralytics' "not labelled"
+            v = 0 if x == 0 and y == 0 else 2
+        if v == 0:
+            out += [0.0, 0.0, 0]
+            continue
+        bad = [c for c in (x, y) if not (math.isfinite(c) and -COORD_TOL <= c <= 1 + COORD_TOL)]
+        if bad:
+            raise DatasetError(f"{where}: keypoint {j} coordinate {bad[0]:g} is not normalised to [0, 1] (YOLO "
+                               f"labels are fractions of the image width and height, not pixels)")
+        out += [min(max(x, 0.0), 1.0) * w, min(max(y, 0.0), 1.0) * h, v]
+    return out
+
+
+def parse_labels(label: Path, h: int, w: int, ids: set[int], pose: PoseSpec | None = None) -> list[Instance]:
+    """The objects of one label file (with ``pose``: boxes with keypoints); a DatasetError naming ``file:line``
+    for a line that cannot be read."""
     try:
         text = label.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError) as e:
@@ -166,16 +277,17 @@ def parse_labels(label: Path, h: int, w: int, ids: set[int], box_fields: int | N
         except ValueError:
             raise DatasetError(f"{where}: not a list of numbers: {line.strip()!r}") from None
         k = len(fields)
-        if box_fields is not None and k != box_fields:
-            raise DatasetError(f"{where}: {k} fields; with data.yaml's kpt_shape a line has {box_fields}")
-        if box_fields is None and not (k == 5 or (k >= 7 and k % 2 == 1)):
+        if pose is not None and k != pose.fields:
+            raise DatasetError(f"{where}: {k} fields; with data.yaml's kpt_shape [{pose.k}, {pose.d}] a line is "
+                               f"'class cx cy w h' and {pose.k} x {pose.d} keypoint values ({pose.fields} fields)")
+        if pose is None and not (k == 5 or (k >= 7 and k % 2 == 1)):
             raise DatasetError(f"{where}: {k} fields; a YOLO label line is 'class cx cy w h' (5 fields) or "
                                f"'class x1 y1 x2 y2 x3 y3 ...' (1 + 2n fields, n >= 3)")
         cls = values[0]
         if not cls.is_integer() or int(cls) not in ids:
             raise DatasetError(f"{where}: class id {fields[0]} out of range: data.yaml names has {len(ids)} "
                                f"classes ({_id_range(ids)})")
-        coords = values[1:5] if box_fields is not None else values[1:]
+        coords = values[1:5] if pose is not None else values[1:]
         bad = [v for v in coords if not (math.isfinite(v) and -COORD_TOL <= v <= 1 + COORD_TOL)]
         if bad:
             raise DatasetError(f"{where}: coordinate {bad[0]:g} is not normalised to [0, 1] (YOLO labels are "
@@ -184,7 +296,10 @@ def parse_labels(label: Path, h: int, w: int, ids: set[int], box_fields: int | N
         cat = int(cls) + 1
         if len(coords) == 4:
             cx, cy, bw, bh = coords
-            out.append(box_instance(cat, (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h))
+            inst = box_instance(cat, (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
+            if pose is not None:
+                inst.keypoints = parse_keypoints(values[5:], pose, h, w, where)
+            out.append(inst)
         else:
             out.append(polygon_instance(cat, [[v * (w if i % 2 == 0 else h) for i, v in enumerate(coords)]]))
     return out
@@ -202,9 +317,10 @@ def read_yolo(src: Path, names: list[str] | None = None, on_bad_image: str = "er
     cats = categories(cfg, yaml_file, names)
     ids = {c - 1 for c, _ in cats}
     root = dataset_root(cfg, yaml_file)
-    kpt = cfg.get("kpt_shape")
-    box_fields = 5 + math.prod(int(v) for v in kpt) if isinstance(kpt, list) and kpt else None
+    pose = pose_spec(cfg, yaml_file, ids)
     source = Source(cats, {})
+    if pose is not None:
+        source.category_fields = {c + 1: pose.category_fields(c) for c in ids}
     for split in SPLITS:
         if not cfg.get(split):
             continue
@@ -219,7 +335,7 @@ def read_yolo(src: Path, names: list[str] | None = None, on_bad_image: str = "er
                 continue
             label = label_path(image)
             if label.is_file():
-                instances = parse_labels(label, h, w, ids, box_fields)
+                instances = parse_labels(label, h, w, ids, pose)
             else:
                 instances = []
                 source.notes["images without a label file (kept, without objects)"] += 1
