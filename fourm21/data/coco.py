@@ -4,7 +4,10 @@ Works for real COCO and for the generated shapes set. Category ids are mapped to
 0-based ids (and back when writing results); crowd annotations are left out of training
 targets (COCOeval handles them); images without annotations are kept. An image-level class is
 read from ``images[i][image_label_key]`` when present, a semantic mask from ``semantic_dir``
-when given, otherwise derived from the instance masks.
+when given, otherwise derived from the instance masks. Keypoints (COCO's ``keypoints`` [x, y, v] * K per
+annotation, the category's ``keypoints`` names and ``skeleton``) are read when a category names keypoints;
+``flip_idx`` (the left/right swap of a horizontal flip) comes from the config, the category (a fourm21
+extension) or, failing both, the names (``left_*`` <-> ``right_*``).
 
 The JSON is checked when it is read (``check_coco``): a structural fault (not JSON, a missing
 top-level key, duplicate ids, an unknown category, an annotation without ``image_id``) is a
@@ -19,6 +22,7 @@ import contextlib
 import io
 import logging
 import math
+import re
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,7 @@ REPAIRS = {
     "bad_rle": "RLE masks whose size differs from the image or that are malformed: removed",
     "box_as_mask": "non-crowd annotations without a usable mask (empty segmentation): the box is the mask",
     "area": "annotations without a valid area: set to the bbox area",
+    "bad_keypoints": "annotations whose keypoints are not 3 finite numbers per keypoint of the category: removed",
 }
 DROPPED = ("missing_image", "bad_bbox", "empty_bbox", "outside_bbox", "empty_crowd")
 
@@ -140,6 +145,13 @@ def check_coco(data: Any, ann_file: str | Path) -> dict[str, int]:
             repairs[kind] += 1
             continue
         repairs.update(kind)
+        n_points = len(categories[a["category_id"]].get("keypoints") or [])
+        if "keypoints" in a and not _finite(a["keypoints"], 3 * n_points):
+            del a["keypoints"]
+            repairs["bad_keypoints"] += 1
+        if n_points:  # COCOeval reads both of every annotation of a keypoint category
+            a.setdefault("keypoints", [0] * (3 * n_points))
+            a["num_keypoints"] = sum(1 for v in a["keypoints"][2::3] if v > 0)
         kept.append(a)
     data["annotations"] = kept
     return dict(repairs)
@@ -185,6 +197,41 @@ def _check_annotation(a: dict, h: int, w: int) -> str | list[str]:
     return done
 
 
+def keypoint_spec(coco: COCO, ann_file: Path, flip_idx: list[int] | None = None
+                  ) -> tuple[list[str], list[list[int]], list[int]]:
+    """The keypoint names, skeleton (1-based pairs, COCO's) and flip_idx of a COCO file's categories; three
+    empty lists when no category names keypoints. ``flip_idx`` (the config's) wins over the category's, which
+    wins over the one the names give (``flip_from_names``)."""
+    cats = [c for c in coco.loadCats(sorted(coco.cats)) if c.get("keypoints")]
+    if not cats:
+        return [], [], []
+    names = [str(n) for n in cats[0]["keypoints"]]
+    for c in cats[1:]:
+        if len(c["keypoints"]) != len(names):
+            raise DatasetError(f"{ann_file}: category {c['id']} has {len(c['keypoints'])} keypoints but category "
+                               f"{cats[0]['id']} has {len(names)}; one keypoint set per data set")
+    skeleton = [[int(a), int(b)] for a, b in cats[0].get("skeleton") or []]
+    given, where = (flip_idx, "data.flip_idx") if flip_idx is not None else (cats[0].get("flip_idx"), ann_file)
+    if given is None:
+        return names, skeleton, flip_from_names(names)
+    given = [int(i) for i in given]
+    if sorted(given) != list(range(len(names))):
+        raise DatasetError(f"{where}: flip_idx {given} is not a permutation of the {len(names)} keypoints")
+    return names, skeleton, given
+
+
+_SIDES = {"left": "right", "right": "left", "Left": "Right", "Right": "Left"}
+
+
+def flip_from_names(names: list[str]) -> list[int]:
+    """The left/right swap the keypoint names spell (``left_eye`` <-> ``right_eye``, ``left`` <-> ``right``);
+    a name without a partner stays where it is."""
+    def swapped(name: str) -> str:
+        return re.sub(r"left|right|Left|Right", lambda m: _SIDES[m.group(0)], name)
+    index = {n: i for i, n in enumerate(names)}
+    return [index.get(swapped(n), i) for i, n in enumerate(names)]
+
+
 class CocoDataset(Dataset):
     """Samples with boxes, instance masks, semantic mask and (optionally) an image label.
 
@@ -207,7 +254,7 @@ class CocoDataset(Dataset):
                  semantic_dir: str | Path | None = None, image_label_key: str | None = "label",
                  cache: bool = False, source: str = "coco", limit: int | None = None,
                  on_bad_image: str = "error", mask_stride: int = 1, mosaic: float = 0.0, close_mosaic: int = 0,
-                 mosaic_size: int | None = None, mosaic_buffer: int = 0) -> None:
+                 mosaic_size: int | None = None, mosaic_buffer: int = 0, flip_idx: list[int] | None = None) -> None:
         self.img_dir = Path(img_dir)
         self.ann_file = Path(ann_file)
         self.semantic_dir = Path(semantic_dir) if semantic_dir else None
@@ -246,6 +293,8 @@ class CocoDataset(Dataset):
         image_cats = self.coco.dataset.get("image_categories")
         self.image_class_names = [c["name"] for c in sorted(image_cats, key=lambda c: c["id"])] if image_cats else []
         self.image_label_key = image_label_key if self.image_class_names else None
+        self.keypoint_names, self.skeleton, self.flip_idx = keypoint_spec(
+            self.coco, self.ann_file, list(flip_idx) if flip_idx is not None else None)
         self._cache: dict[int, tuple] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -282,15 +331,29 @@ class CocoDataset(Dataset):
                      for a, box in zip(anns, boxes.tolist())]
             masks_np = np.stack(masks) if masks else np.zeros((0, *size), dtype=bool)
             semantic = self._semantic(info, masks_np, labels_np, image_id, h, w, size)
+            keypoints = self._keypoints(anns, scale[:2]) if self.keypoint_names else None
         except BadImageError as e:
             if self.on_bad_image != "skip":
                 raise
             self.skip_log.add(e.path or path, e.reason)
             return None
-        raw = (image, boxes, labels_np, masks_np, semantic, (h, w))
+        raw = (image, boxes, labels_np, masks_np, semantic, (h, w), keypoints)
         if self._cache is not None:
             self._cache[image_id] = raw
         return self._remember(image_id, raw)
+
+    def _keypoints(self, anns: list[dict], scale: np.ndarray) -> np.ndarray:
+        """(N, K, 3) [x, y, v] of ``anns`` at the decode size (``scale``: x and y factors); an annotation without
+        keypoints has none visible."""
+        k = len(self.keypoint_names)
+        out = np.zeros((len(anns), k, 3), dtype=np.float32)
+        for i, a in enumerate(anns):
+            if "keypoints" in a:
+                out[i] = np.asarray(a["keypoints"], dtype=np.float32).reshape(k, 3)
+        out[..., 2] = np.clip(out[..., 2], 0, 2)
+        out[..., :2] *= scale
+        out[out[..., 2] <= 0, :2] = 0.0
+        return out
 
     def _remember(self, image_id: int, raw: tuple) -> tuple:
         """Keep ``raw`` among the last ``mosaic_buffer`` images (while mosaic can still be drawn)."""
@@ -384,8 +447,9 @@ class CocoDataset(Dataset):
         rng = self._mosaic_rng(index)
         if rng is not None:
             return self._mosaic_sample(index, raw, rng)
-        image, boxes, labels, masks, semantic, (h, w) = raw
-        out = apply_dense_transform(self.transform, image, boxes, masks, semantic)
+        image, boxes, labels, masks, semantic, (h, w), keypoints = raw
+        out = apply_dense_transform(self.transform, image, boxes, masks, semantic, keypoints=keypoints,
+                                    flip_idx=self.flip_idx)
         sample = self._sample(out, labels, image_id, (h, w), max(out["image"].shape[:2]) / max(h, w))
         if self.image_label_key is not None:
             label = self.coco.imgs[image_id].get(self.image_label_key)
@@ -402,12 +466,12 @@ class CocoDataset(Dataset):
         else:
             others = [self.ids[j] for j in rng.integers(len(self.ids), size=3).tolist()]
             raws = [raw] + [self._load_raw(i) or raw for i in others]  # a skipped image: the primary again
-        items = [MosaicItem(r[0], r[3], r[2], r[4]) for r in raws]
+        items = [MosaicItem(r[0], r[3], r[2], r[4], r[6]) for r in raws]
         mos = mosaic4(items, self.mosaic_size, rng)
         if self._mosaic_transform is None or self._mosaic_transform[0] is not self.transform:  # on first use
             self._mosaic_transform = (self.transform, without_letterbox(self.transform))
         out = apply_dense_transform(self._mosaic_transform[1], mos.image, None, mos.masks, mos.semantic,
-                                    valid=mos.valid)
+                                    valid=mos.valid, keypoints=mos.keypoints, flip_idx=self.flip_idx)
         image_id = self.ids[index]
         sample = self._sample(out, mos.labels, image_id, mos.image.shape[:2], 1.0)
         sample["meta"]["mosaic"] = [image_id, *others]
@@ -416,7 +480,7 @@ class CocoDataset(Dataset):
     def _sample(self, out: dict, labels: np.ndarray, image_id: int, orig_size: tuple[int, int],
                 scale: float) -> Sample:
         size = out["image"].shape[:2]
-        return {
+        sample: Sample = {
             "image": to_chw(out["image"]),
             "boxes": torch.from_numpy(out["boxes"]).float(),
             "box_labels": torch.from_numpy(labels[out["keep"]]).long(),
@@ -426,6 +490,9 @@ class CocoDataset(Dataset):
             "meta": {"image_id": image_id, "source": self.source, "orig_size": tuple(orig_size),
                      "scale": scale, "file_name": self.coco.imgs[image_id]["file_name"]},
         }
+        if out.get("keypoints") is not None:
+            sample["keypoints"] = torch.from_numpy(out["keypoints"])
+        return sample
 
 
 def mask_coverage(masks: torch.Tensor | np.ndarray, stride: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ def collate_samples(samples: list[Sample | None]) -> dict | None:
     with no sample left is None, which the training and validation steps skip.
 
     Returns image (B, 3, H, W); label (B,) with -1 where absent; gt_boxes (B, M, 4); gt_labels (B, M)
-    with -1 for padding; gt_masks (B, M, h, w) at the samples' mask resolution (bool at full resolution,
+    with -1 for padding; gt_keypoints (B, M, K, 3); gt_masks (B, M, h, w) at the samples' mask resolution (bool at full resolution,
     else coverage fractions; see ``CocoDataset.mask_stride``); semantic (B, H, W) with IGNORE_INDEX where
     absent; attributes {group: (B,) class or -1}; labels (B, C) multi-hot; caption_tokens (B, T)
     (0 = padding); the has_* masks; meta list.
@@ -35,8 +35,9 @@ def collate_samples(samples: list[Sample | None]) -> dict | None:
 
 
 # instance targets of a batch in which no sample has any: their shapes (after N) and dtypes
-_ABSENT_SHAPES = {"boxes": lambda h, w: (4,), "box_labels": lambda h, w: (), "masks": lambda h, w: (h, w)}
-_ABSENT_DTYPES = {"boxes": torch.float32, "box_labels": torch.long, "masks": torch.bool}
+_ABSENT_SHAPES = {"boxes": lambda h, w: (4,), "box_labels": lambda h, w: (), "masks": lambda h, w: (h, w),
+                  "keypoints": lambda h, w: (0, 3)}
+_ABSENT_DTYPES = {"boxes": torch.float32, "box_labels": torch.long, "masks": torch.bool, "keypoints": torch.float32}
 
 
 def _batched(t: Target, samples: list[Sample], images: torch.Tensor, instances: int) -> torch.Tensor | dict:

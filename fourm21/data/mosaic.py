@@ -16,7 +16,9 @@ targets. This module does the geometry itself, on the raw decoded images, before
   IGNORE_INDEX in the semantic target, as the letterbox border does) are placed by the same slices,
   so they cannot drift apart. An instance keeps less than ``min_visibility`` of its area: dropped
   from the instance targets (its pixels stay in the image and the semantic mask), as the pipeline's
-  ``BboxParams(min_visibility=0.2)`` does. Boxes are derived from the masks by the caller.
+  ``BboxParams(min_visibility=0.2)`` does. Boxes are derived from the masks by the caller;
+* keypoints (when every item has them) are scaled and shifted with their image; a point outside the
+  output square becomes invisible (v = 0).
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ import numpy as np
 
 
 class MosaicItem(NamedTuple):
-    """One decoded image: (H, W, 3) uint8, (N, H, W) bool instance masks, (N,) labels, (H, W) uint8 semantic."""
+    """One decoded image: (H, W, 3) uint8, (N, H, W) bool instance masks, (N,) labels, (H, W) uint8 semantic,
+    (N, K, 3) keypoints [x, y, v] (or None)."""
 
     image: np.ndarray
     masks: np.ndarray
     labels: np.ndarray
     semantic: np.ndarray | None
+    keypoints: np.ndarray | None = None
 
 
 class MosaicOut(NamedTuple):
@@ -44,6 +48,7 @@ class MosaicOut(NamedTuple):
     semantic: np.ndarray | None  # (size, size) uint8
     valid: np.ndarray  # (size, size) uint8, 1 = a pixel of one of the images
     sources: np.ndarray  # (M,) which of the four items each instance came from
+    keypoints: np.ndarray | None = None  # (M, K, 3) when every item has keypoints
 
 
 def _source_index(n_out: int, n_src: int, start: int, stop: int) -> np.ndarray:
@@ -65,7 +70,8 @@ def mosaic4(items: Sequence[MosaicItem], size: int, rng: np.random.Generator, fi
     image = np.full((s, s, 3), fill, dtype=np.uint8)
     semantic = np.zeros((s, s), dtype=np.uint8) if with_sem else None
     valid = np.zeros((s, s), dtype=np.uint8)
-    masks_out, labels_out, sources = [], [], []
+    with_kpts = all(it.keypoints is not None for it in items)
+    masks_out, labels_out, sources, kpts_out = [], [], [], []
     for k, it in enumerate(items):
         h0, w0 = it.image.shape[:2]
         r = s / max(h0, w0)
@@ -100,6 +106,8 @@ def mosaic4(items: Sequence[MosaicItem], size: int, rng: np.random.Generator, fi
                 masks_out.append((part[keep], dst))
                 labels_out.append(np.asarray(it.labels)[keep])
                 sources.append(np.full(int(keep.sum()), k))
+                if with_kpts:
+                    kpts_out.append(_placed_keypoints(it.keypoints[keep], w / w0, h / h0, ox, oy, s))
     masks = np.zeros((sum(len(p) for p, _ in masks_out), s, s), dtype=bool)  # one allocation, no concatenation
     row = 0
     for part, dst in masks_out:
@@ -107,4 +115,20 @@ def mosaic4(items: Sequence[MosaicItem], size: int, rng: np.random.Generator, fi
         row += len(part)
     labels = np.concatenate(labels_out).astype(np.int64) if labels_out else np.zeros(0, dtype=np.int64)
     src_idx = np.concatenate(sources).astype(np.int64) if sources else np.zeros(0, dtype=np.int64)
-    return MosaicOut(image, masks, labels, semantic, valid, src_idx)
+    kpts = None
+    if with_kpts:
+        k_points = next((it.keypoints.shape[1] for it in items if it.keypoints is not None), 0)
+        kpts = np.concatenate(kpts_out).astype(np.float32) if kpts_out else np.zeros((0, k_points, 3), np.float32)
+    return MosaicOut(image, masks, labels, semantic, valid, src_idx, kpts)
+
+
+def _placed_keypoints(kpts: np.ndarray, sx: float, sy: float, ox: int, oy: int, size: int) -> np.ndarray:
+    """(N, K, 3) keypoints of an item resized by (sx, sy) and placed with its top-left corner at (ox, oy) of the
+    ``size`` square; those falling outside it become v = 0 (x = y = 0)."""
+    out = kpts.astype(np.float32).copy()
+    out[..., 0] = out[..., 0] * sx + ox
+    out[..., 1] = out[..., 1] * sy + oy
+    inside = (out[..., 0] >= 0) & (out[..., 0] <= size) & (out[..., 1] >= 0) & (out[..., 1] <= size)
+    out[..., 2] = np.where(inside & (out[..., 2] > 0), out[..., 2], 0.0)
+    out[out[..., 2] <= 0, :2] = 0.0
+    return out

@@ -34,7 +34,8 @@ def multiscale_sizes(side: int, scales: Sequence[float], stride: int = 32) -> li
 
 
 def resize_batch(batch: dict, size: tuple[int, int]) -> dict:
-    """A collated batch (``collate_samples``) resized to ``size`` (h, w): images, boxes, masks, semantic, meta."""
+    """A collated batch (``collate_samples``) resized to ``size`` (h, w): images, boxes, keypoints, masks, semantic,
+    meta."""
     images = batch["image"]
     h, w = images.shape[-2:]
     nh, nw = int(size[0]), int(size[1])
@@ -45,6 +46,8 @@ def resize_batch(batch: dict, size: tuple[int, int]) -> dict:
     out["image"] = F.interpolate(images, size=(nh, nw), mode="bilinear", align_corners=False,
                                  antialias=nh < h or nw < w)
     out["gt_boxes"] = batch["gt_boxes"] * batch["gt_boxes"].new_tensor([sx, sy, sx, sy])
+    if "gt_keypoints" in batch:  # [x, y, v]: the points scale, the visibility stays
+        out["gt_keypoints"] = batch["gt_keypoints"] * batch["gt_keypoints"].new_tensor([sx, sy, 1.0])
     masks = batch["gt_masks"]
     b, m, mh, mw = masks.shape
     if masks.dtype == torch.bool:  # full-resolution bool masks

@@ -7,6 +7,8 @@ Keys (all optional except ``image`` and ``meta``):
     box_labels (N,) int64, contiguous detection class ids (0-based)
     masks     (N, h, w) instance masks aligned with ``boxes``, at the resolution the mask loss uses:
               bool at (H, W), or float cell coverage in [0, 1] at (H/s, W/s) (``mask_stride`` s)
+    keypoints (N, K, 3) float32 [x, y, v] aligned with ``boxes`` (pixels of ``image``; v: 0 unlabelled or out
+              of view, 1 labelled but hidden, 2 visible), when the data set names keypoints
     semantic  (H, W) uint8 (or int64), 0 = background, k = detection class k-1, 255 = ignore
     attributes {group: int}, a class index per attribute group, -1 = missing
     labels    (C,) float multi-hot, for the multi-label head
@@ -45,6 +47,7 @@ TARGETS: tuple[Target, ...] = (
     Target("boxes", "gt_boxes", "has_boxes", "instances", 0),
     Target("box_labels", "gt_labels", None, "instances", -1),
     Target("masks", "gt_masks", "has_masks", "instances", 0),
+    Target("keypoints", "gt_keypoints", "has_keypoints", "instances", 0),
     Target("semantic", "semantic", "has_semantic", "dense", IGNORE_INDEX),
     Target("attributes", "attributes", "has_attributes", "groups", -1),
     Target("labels", "labels", "has_labels", "vector", 0),

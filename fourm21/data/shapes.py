@@ -3,7 +3,8 @@
 Each image has a scene class (its background's palette and texture, for the softmax head) and 1-4
 objects (circle, square, triangle) with random colour, size and rotation that may occlude
 each other. Instance masks are the *visible* parts (RLE), boxes are their tight boxes, and a
-semantic PNG holds the per-pixel class. Because it is plain COCO, the default run uses the
+semantic PNG holds the per-pixel class. Each object has five keypoints defined on its visible mask
+(``shape_keypoints``), so the pose task trains and tests without a download. Because it is plain COCO, the default run uses the
 same pycocotools reading path as real COCO.
 """
 
@@ -22,7 +23,12 @@ SCENES = ("forest", "desert", "ocean", "dusk")
 SCENE_HUES = (0.33, 0.08, 0.6, 0.8)
 CATEGORIES = ("circle", "square", "triangle")
 SPLIT_SEEDS = {"train": 0, "val": 1}
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
+# The shapes' keypoints: the visible mask's centroid and its extreme points. A horizontal flip swaps left and
+# right (``KEYPOINT_FLIP_IDX``); the cross from the centre to each extreme point is the skeleton (1-based, COCO).
+KEYPOINT_NAMES = ("centre", "left", "right", "top", "bottom")
+KEYPOINT_FLIP_IDX = (0, 2, 1, 3, 4)
+KEYPOINT_SKELETON = ((1, 2), (1, 3), (1, 4), (1, 5))
 
 
 def _tone(rng: np.random.Generator, hue: float) -> np.ndarray:
@@ -104,6 +110,23 @@ def render_image(rng: np.random.Generator, size: int, max_objects: int, min_obj:
     return img, scene, objects, semantic
 
 
+def shape_keypoints(mask: np.ndarray) -> list[float]:
+    """COCO ``keypoints`` ([x, y, v] * 5, pixel-edge coordinates) of a visible mask: the centroid, then the
+    middle of its leftmost column's left edge, its rightmost column's right edge, its top row's top edge and
+    its bottom row's bottom edge (``KEYPOINT_NAMES``). Extreme points are visible (v = 2); the centroid is
+    v = 2 when its pixel is part of the mask, else 1 (labelled but hidden, as an occluded shape's can be)."""
+    ys, xs = np.nonzero(mask)
+    cx, cy = float(xs.mean()) + 0.5, float(ys.mean()) + 0.5
+    inside = bool(mask[min(int(cy), mask.shape[0] - 1), min(int(cx), mask.shape[1] - 1)])
+    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    points = [(cx, cy, 2 if inside else 1),
+              (float(x0), float(ys[xs == x0].mean()) + 0.5, 2),
+              (float(x1) + 1.0, float(ys[xs == x1].mean()) + 0.5, 2),
+              (float(xs[ys == y0].mean()) + 0.5, float(y0), 2),
+              (float(xs[ys == y1].mean()) + 0.5, float(y1) + 1.0, 2)]
+    return [round(v, 3) for p in points for v in p]
+
+
 def _encode(mask: np.ndarray) -> dict:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
@@ -131,12 +154,15 @@ def generate_split(root: Path, split: str, num_images: int, size: int, seed: int
                 "id": len(annotations) + 1, "image_id": i + 1, "category_id": cat + 1,
                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                 "area": float(visible.sum()), "segmentation": _encode(visible), "iscrowd": 0,
+                "keypoints": shape_keypoints(visible), "num_keypoints": len(KEYPOINT_NAMES),
             })
     coco = {
         "info": {"description": "fourm21 shapes", "version": FORMAT_VERSION, "seed": seed, "size": size},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(CATEGORIES)],
+        "categories": [{"id": k + 1, "name": n, "supercategory": "shape", "keypoints": list(KEYPOINT_NAMES),
+                        "skeleton": [list(e) for e in KEYPOINT_SKELETON], "flip_idx": list(KEYPOINT_FLIP_IDX)}
+                       for k, n in enumerate(CATEGORIES)],
         "image_categories": [{"id": k, "name": n} for k, n in enumerate(SCENES)],
     }
     ann_file = root / "annotations" / f"instances_{split}.json"

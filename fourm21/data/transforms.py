@@ -116,7 +116,14 @@ def build_dense_transform(img_size: int, train: bool, hflip: float = 0.0, scale:
                                      hue=min(0.5, color_jitter / 4), p=0.8))
     # No BboxParams: boxes are the tight boxes of the transformed masks (``apply_dense_transform``), so
     # albumentations' per-op box bookkeeping (half the time of this pipeline at 64 px) would be thrown away.
-    return A.Compose(ops, additional_targets=DENSE_TARGETS, seed=pipeline_seed(), save_applied_params=True)
+    return A.Compose(ops, additional_targets=DENSE_TARGETS, keypoint_params=keypoint_params(), seed=pipeline_seed(),
+                     save_applied_params=True)
+
+
+def keypoint_params() -> A.KeypointParams:
+    """Keypoints ride through the dense pipelines as points; none is dropped (an object's keypoints stay K long:
+    one leaving the image becomes invisible instead, ``apply_dense_transform``)."""
+    return A.KeypointParams(format="xy", remove_invisible=False)
 
 
 def without_letterbox(pipeline: A.Compose) -> A.Compose:
@@ -128,7 +135,7 @@ def without_letterbox(pipeline: A.Compose) -> A.Compose:
         ops.pop(0)
     nodes = _random_nodes(pipeline)
     states = [(node.random_generator, node.py_random) for node in nodes]
-    sub = A.Compose(ops, additional_targets=DENSE_TARGETS, save_applied_params=True)
+    sub = A.Compose(ops, additional_targets=DENSE_TARGETS, keypoint_params=keypoint_params(), save_applied_params=True)
     for node, (generator, py_random) in zip(nodes, states):  # Compose re-seeds what it holds: a sample's own
         node.random_generator, node.py_random = generator, py_random  # seeds (``seed_pipeline``) stay
     return sub
@@ -155,7 +162,9 @@ def _area_scale(out: dict, in_shape: tuple[int, int]) -> float:
 
 
 def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.ndarray | None, masks: np.ndarray | None,
-                          semantic: np.ndarray | None, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                          semantic: np.ndarray | None, valid: np.ndarray | None = None,
+                          keypoints: np.ndarray | None = None, flip_idx: Sequence[int] | None = None
+                          ) -> dict[str, np.ndarray]:
     """Run ``transform`` on the image, the instance masks and the semantic mask, and derive the boxes.
 
     ``valid`` (H, W), 1 = a real pixel (default: all): pixels outside it (e.g. the empty parts of a
@@ -165,8 +174,12 @@ def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.nda
     (``masks`` None: ``boxes`` are rasterised as masks first; with masks, ``boxes`` is not read). An
     instance that keeps less than MIN_VISIBILITY of its area, scaled by the pipeline's geometry
     (``_area_scale``), is dropped.
+
+    ``keypoints`` (N, K, 3) [x, y, v] in pixel-edge coordinates (COCO's) follow the geometry; a horizontal flip
+    also swaps the left/right points by ``flip_idx`` (keypoint k takes the flipped point ``flip_idx[k]``), and
+    a point that leaves the image or lands on padding becomes v = 0 (x = y = 0, as COCO writes unlabelled ones).
     Returns image (H, W, 3) uint8, boxes (N, 4), keep (N,) indices into the input, masks
-    (N, H, W) bool or None, semantic (H, W) uint8 or None.
+    (N, H, W) bool or None, semantic (H, W) uint8 or None, keypoints (N, K, 3) float32 or None.
     """
     h, w = image.shape[:2]
     given_masks = masks is not None
@@ -180,6 +193,10 @@ def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.nda
     kwargs["valid"] = np.ones((h, w), dtype=np.uint8) if valid is None else valid.astype(np.uint8, copy=False)
     if semantic is not None:
         kwargs["semantic"] = semantic
+    if keypoints is not None:
+        # albumentations flips a point to (W - 1 - x), the pixel-index convention; shifted by half a pixel the
+        # flip, the affine and the letterbox (a resize of 1 at decode size) all map COCO's edge coordinates exactly
+        kwargs["keypoints"] = np.asarray(keypoints, dtype=np.float32).reshape(-1, 3)[:, :2] - 0.5
     out = transform(**kwargs)
     size = out["image"].shape[:2]
     res_masks = np.ascontiguousarray(out["masks"]).view(bool) if len(masks) else np.zeros((0, *size), dtype=bool)
@@ -194,8 +211,32 @@ def apply_dense_transform(transform: A.Compose, image: np.ndarray, boxes: np.nda
     if semantic is not None:
         res_sem = np.array(out["semantic"], dtype=np.uint8)  # class ids and IGNORE_INDEX fit a byte: 8x less to batch
         res_sem[out["valid"] == 0] = IGNORE_INDEX
+    res_kpts = None
+    if keypoints is not None:
+        res_kpts = _moved_keypoints(np.asarray(keypoints, dtype=np.float32), out, flip_idx)[keep]
     return {"image": out["image"], "boxes": res_boxes[keep], "keep": keep,
-            "masks": res_masks[keep] if given_masks else None, "semantic": res_sem}
+            "masks": res_masks[keep] if given_masks else None, "semantic": res_sem, "keypoints": res_kpts}
+
+
+def _moved_keypoints(keypoints: np.ndarray, out: dict, flip_idx: Sequence[int] | None) -> np.ndarray:
+    """(N, K, 3) keypoints after the pipeline that made ``out``: moved, left/right swapped when it flipped the
+    image an odd number of times, invisible where they fell off the image or onto padding (``out['valid']``)."""
+    n, k = keypoints.shape[:2]
+    xy = np.asarray(out["keypoints"], dtype=np.float32).reshape(n, k, 2) + 0.5
+    vis = keypoints[..., 2].copy()
+    flips = sum(name == "HorizontalFlip" for name, _ in out.get("applied_transforms") or ())
+    if flips % 2 and flip_idx is not None:
+        order = np.asarray(flip_idx, dtype=np.int64)
+        xy, vis = xy[:, order], vis[:, order]
+    h, w = out["image"].shape[:2]
+    x, y = xy[..., 0], xy[..., 1]
+    inside = (x >= 0) & (x <= w) & (y >= 0) & (y <= h)  # edge coordinates: the far edge is in the image
+    col = np.clip(np.floor(x), 0, w - 1).astype(np.int64)
+    row = np.clip(np.floor(y), 0, h - 1).astype(np.int64)
+    inside[inside] = out["valid"][row[inside], col[inside]] > 0
+    vis = np.where(inside, vis, 0.0)
+    xy[vis <= 0] = 0.0
+    return np.concatenate([xy, vis[..., None]], -1).astype(np.float32)
 
 
 def box_mask(box: np.ndarray, h: int, w: int) -> np.ndarray:

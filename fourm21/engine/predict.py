@@ -136,7 +136,7 @@ def predict_images(cfg: DictConfig, model: Fourm21Model, files: list[Path], run_
             if cfg.save_overlays:
                 save_overlay(arr, pred, model.class_names, model.image_class_names,
                              overlays / f"{image_id:06d}_{Path(f).stem}.png", cfg.score_thr, cfg.show_semantic,
-                             caption_lines=overlay_caption_lines(pred, model))
+                             caption_lines=overlay_caption_lines(pred, model), settings=model.settings)
         progress.update(task, advance=len(chunk), rate=_rate(len(images), start, "images"))
     cat_ids = model.meta.get("cat_ids") or list(range(1, len(model.class_names) + 1))
     categories = [{"id": c, "name": n} for c, n in zip(cat_ids, model.class_names)]
@@ -211,7 +211,7 @@ def predict_video(cfg: DictConfig, model: Fourm21Model, source: Path | int, out_
                     trails = update_trails(trails, frame.pred, int(cfg.get("track_trail") or 0))
                     video.write(draw_frame(frame.image, frame.pred, model.class_names, model.image_class_names,
                                            cfg.score_thr, cfg.show_semantic, overlay_caption_lines(frame.pred, model),
-                                           trails=trails))
+                                           trails=trails, settings=model.settings))
                 frames += 1
                 progress.update(task, advance=1, rate=_rate(frames, start, "frames"))
     except KeyboardInterrupt:

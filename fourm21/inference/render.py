@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -80,14 +80,15 @@ def draw_frame(image: np.ndarray, pred: Mapping[str, torch.Tensor], class_names:
                image_class_names: Sequence[str], score_thr: float = 0.3, semantic: bool = False,
                caption_lines: Sequence[str] = (), min_side: int = 320,
                trails: Mapping[int, Sequence[tuple[float, float]]] | None = None,
-               show_scores: bool = True) -> np.ndarray:
+               show_scores: bool = True, settings: Any = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB image + its predictions (original pixels) -> annotated uint8 RGB frame.
 
     Masks (and optionally the semantic map) are tinted, boxes outlined and labelled with class and
     score (without ``show_scores``, e.g. for ground truth: the class alone), the top-5 image classes and
     ``caption_lines`` written top left. Frames smaller than ``min_side`` are enlarged first so the text
     stays readable. Tracked detections (``pred["track_ids"]``) are coloured by track, labelled ``#id`` and
-    drawn with their ``trails`` ({id: [(x, y) centres]}).
+    drawn with their ``trails`` ({id: [(x, y) centres]}). With ``settings`` (the ``DecodeSettings`` the
+    predictions were decoded with) each task draws its own part too (``Task.draw``: skeletons ...).
     """
     ids = pred.get("track_ids")
     # a tracked object keeps one colour: tint by track id, which tint_masks reads where it reads the class
@@ -115,6 +116,11 @@ def draw_frame(image: np.ndarray, pred: Mapping[str, torch.Tensor], class_names:
             if track is not None:
                 text = f"#{track} {text}"
             _text(canvas, text, (x0, y0 - int(20 * scale)), colour, scale)
+    if settings is not None and "boxes" in pred:
+        shown_ids = (ids.cpu() if ids is not None else pred["labels"].cpu())[keep].tolist()
+        colours = [_colour(int(k)) for k in shown_ids]
+        for name, task in settings.tasks.items():
+            task.draw(canvas, pred, keep, zoom, colours, settings.of(name))
     lines = list(caption_lines)
     if "class_topk" in pred:
         def label(k: int) -> str:
@@ -136,11 +142,11 @@ def write_png(canvas: np.ndarray, out_file: str | Path) -> Path:
 
 def save_overlay(image: np.ndarray, pred: Mapping[str, torch.Tensor], class_names: Sequence[str],
                  image_class_names: Sequence[str], out_file: str | Path, score_thr: float = 0.3,
-                 semantic: bool = False, caption_lines: Sequence[str] = ()) -> Path:
+                 semantic: bool = False, caption_lines: Sequence[str] = (), settings: Any = None) -> Path:
     """One image's predictions (uint8 RGB input, original pixels) drawn by ``draw_frame`` as a PNG: at the
     image's size, images under 320 px on the long side enlarged to it so their labels stay readable."""
-    return write_png(draw_frame(image, pred, class_names, image_class_names, score_thr, semantic, caption_lines),
-                     out_file)
+    return write_png(draw_frame(image, pred, class_names, image_class_names, score_thr, semantic, caption_lines,
+                                settings=settings), out_file)
 
 
 def _fit(image: np.ndarray, pred: Mapping[str, torch.Tensor], side: int
@@ -155,6 +161,8 @@ def _fit(image: np.ndarray, pred: Mapping[str, torch.Tensor], side: int
     out = dict(pred)
     if "boxes" in pred:
         out["boxes"] = pred["boxes"].float() * s
+    if "keypoints" in pred:  # [x, y, visibility]: the points scale
+        out["keypoints"] = pred["keypoints"].float() * pred["keypoints"].new_tensor([s, s, 1.0]).float()
     if "masks" in pred and len(pred["masks"]):
         out["masks"] = F.interpolate(pred["masks"][None].float(), size=(nh, nw), mode="nearest")[0] > 0.5
     elif "masks" in pred:
@@ -198,9 +206,9 @@ def _grid(panels: Sequence[tuple[np.ndarray, str]], cell: int = GRID_CELL, cols:
 
 def plot_prediction_grid(images: torch.Tensor, preds: Sequence[Mapping[str, torch.Tensor]],
                          class_names: Sequence[str], image_class_names: Sequence[str], out_file: str | Path,
-                         score_thr: float = 0.4) -> Path:
+                         score_thr: float = 0.4, settings: Any = None) -> Path:
     """Grid PNG of predictions (boxes, masks, image class as the panel title) on a batch of data-set images
-    (uint8 or normalised), each panel drawn by ``draw_frame``."""
+    (uint8 or normalised), each panel drawn by ``draw_frame`` (with the tasks' own drawings: ``settings``)."""
     def title(pred: Mapping[str, torch.Tensor]) -> str:
         if "class_label" not in pred:
             return ""
@@ -212,7 +220,8 @@ def plot_prediction_grid(images: torch.Tensor, preds: Sequence[Mapping[str, torc
     for img, pred in zip(images, preds):
         image, fitted = _fit(image_to_uint8(img), pred, GRID_CELL)
         fitted = {k: v for k, v in fitted.items() if not k.startswith("class_topk")}  # the title holds the class
-        panels.append((draw_frame(image, fitted, class_names, image_class_names, score_thr, min_side=GRID_CELL),
+        panels.append((draw_frame(image, fitted, class_names, image_class_names, score_thr, min_side=GRID_CELL,
+                                  settings=settings),
                        title(pred)))
     return write_png(_grid(panels), out_file)
 

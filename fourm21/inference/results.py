@@ -83,6 +83,9 @@ def build_evaluator(s: DecodeSettings, heads: Mapping[str, list[Any]], dataset: 
     tasks' main metrics for the selection score. ``tune``: tune what a task tunes on val (multi-label
     thresholds) while fitting; a report scores at the values the network holds."""
     parts = {name: task.metrics(name, heads[name], dataset, tune) for name, task in s.tasks.items()}
-    coco = {name: task.coco_iou_type for name, task in s.tasks.items() if task.coco_iou_type}
-    main = {name: task.main_metric for name, task in s.tasks.items() if task.main_metric}
-    return MultiTaskEvaluator(dataset, parts, coco, CocoResults(s, list(getattr(dataset, "cat_ids", []))), main)
+    params = {name: task.coco_params(s.of(name), dataset) for name, task in s.tasks.items() if task.coco_iou_type}
+    coco = {name: task.coco_iou_type for name, task in s.tasks.items() if params.get(name) is not None}
+    main = {name: task.main_metric for name, task in s.tasks.items()
+            if task.main_metric and (not task.coco_iou_type or name in coco)}
+    return MultiTaskEvaluator(dataset, parts, coco, CocoResults(s, list(getattr(dataset, "cat_ids", []))), main,
+                              {name: params[name] for name in coco})

@@ -2,7 +2,7 @@
 entry out, from a tracker of roboflow's ``trackers`` library (ByteTrack, SORT, OC-SORT, BoT-SORT).
 
 This module is the one place that speaks the library's language (``supervision.Detections``); the rest
-of fourm21 sees prediction dicts. A detection keeps its mask, score and class when it joins a track, and
+of fourm21 sees prediction dicts. A detection keeps its mask, keypoints, score and class when it joins a track, and
 the image-level predictions (class, attributes, labels, semantic map) are left as they are.
 """
 
@@ -16,9 +16,14 @@ import numpy as np
 import torch
 
 from fourm21.errors import ConfigError
+from fourm21.tasks.registry import registered
 
-# the per-detection entries of a prediction dict (first dimension N); everything else is image-level
-DETECTION_KEYS = ("boxes", "scores", "labels", "masks", "mask_logits", "locations")
+
+
+def detection_keys() -> list[str]:
+    """The per-detection entries of a prediction dict (first dimension N), as the registered tasks name them
+    (``Task.detection_keys``); everything else is image-level."""
+    return list(dict.fromkeys(k for task in registered().values() for k in task.detection_keys))
 
 
 def _tracker_classes() -> dict[str, tuple[type, bool]]:
@@ -87,7 +92,7 @@ class Tracker:
         index = np.asarray(tracked.data.get("index", np.zeros(0)), dtype=np.int64)[ids >= 0]
         order = np.argsort(index)  # back to the decoder's order (by score)
         keep = torch.from_numpy(index[order])
-        for key in DETECTION_KEYS:
+        for key in detection_keys():
             if key in pred:
                 out[key] = pred[key][keep.to(pred[key].device)]
         out["track_ids"] = torch.from_numpy(ids[ids >= 0][order])

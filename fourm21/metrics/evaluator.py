@@ -50,7 +50,7 @@ class MultiTaskEvaluator:
     """``update`` per batch with decoded predictions; ``compute`` returns e.g. ``{"cls/acc": ..., "det/map50": ...}``.
 
     ``parts``: ``{head name: metrics}`` (``add(preds, batch)``, ``compute()``, ``reset()``); ``coco``: the heads
-    COCOeval scores and their IoU type; ``dataset``: the evaluation data set, whose ``coco`` ground truth (if
+    COCOeval scores and their IoU type, ``coco_params`` the COCOeval params each sets (keypoint sigmas); ``dataset``: the evaluation data set, whose ``coco`` ground truth (if
     any) COCOeval uses; ``to_results(pred, meta)``: one image's COCO results entries in its original pixels
     (``fourm21.inference.results.CocoResults``); ``main_metrics``: ``{head name: metric}`` for ``score``.
     Only heads whose targets the data set carries produce metrics.
@@ -58,7 +58,8 @@ class MultiTaskEvaluator:
 
     def __init__(self, dataset: Any, parts: Mapping[str, Any] | None = None, coco: Mapping[str, str] | None = None,
                  to_results: Callable[[dict[str, torch.Tensor], dict], list[dict]] | None = None,
-                 main_metrics: Mapping[str, str] | None = None) -> None:
+                 main_metrics: Mapping[str, str] | None = None,
+                 coco_params: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.coco_gt = getattr(dataset, "coco", None)
         self.cat_ids = list(getattr(dataset, "cat_ids", []))  # contiguous label -> the data set's category id
         self.coco = dict(coco or {}) if self.coco_gt is not None else {}
@@ -66,6 +67,7 @@ class MultiTaskEvaluator:
             raise ValueError("MultiTaskEvaluator: COCO-scored heads need to_results")
         self.to_results = to_results
         self.main_metrics = dict(main_metrics or {})
+        self.coco_params = {name: dict(p) for name, p in (coco_params or {}).items()}
         self.coco_evals: dict[str, Any] = {}
         # head name -> its metrics; their torchmetrics sync only in ``gather``
         self.parts = {name: part for name, part in (parts or {}).items() if part is not None}
@@ -130,7 +132,8 @@ class MultiTaskEvaluator:
             out.update({metric_key(name, k): v for k, v in part.compute().items()})
         if self.image_ids:
             for name, iou_type in self.coco.items():
-                stats, ev = coco_evaluate(self.coco_gt, self.results, self.image_ids, iou_type)
+                stats, ev = coco_evaluate(self.coco_gt, self.results, self.image_ids, iou_type,
+                                          self.coco_params.get(name))
                 self.coco_evals[name] = ev
                 out.update({f"{name}/{k}": v for k, v in stats.items()})
         return out
@@ -146,7 +149,7 @@ class MultiTaskEvaluator:
         return selection_score(metrics, self.main_metrics)
 
     def write_predictions(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
-        """COCO results files (``bbox.json``, ``segm.json``) exactly as COCOeval scored them."""
+        """COCO results files (``bbox.json``, ``segm.json``, ``keypoints.json``) exactly as COCOeval scored them."""
         self.gather()
         if not self.coco or not self.image_ids:
             return []

@@ -35,7 +35,7 @@ def overlay_png_base64(pred: dict[str, torch.Tensor], model: Fourm21Model, image
                        score_thr: float, semantic: bool) -> str:
     """The overlay ``fourm21-predict`` draws on video frames (boxes, masks, image classes), PNG in base64."""
     canvas = draw_frame(image, pred, model.class_names, model.image_class_names, score_thr, semantic,
-                        caption_lines(pred, model.meta, model.settings))
+                        caption_lines(pred, model.meta, model.settings), settings=model.settings)
     ok, png = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("OpenCV could not encode the overlay as PNG")

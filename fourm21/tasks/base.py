@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from fourm21.errors import ConfigError, check_number
@@ -54,6 +55,7 @@ class Task:
     overrides: ClassVar[dict[str, str]] = {}   # predict/serve/eval key -> the decode setting it replaces
     decoded_keys: ClassVar[tuple[str, ...]] = ()  # decode()'s batch-level outputs: the end-to-end graph's outputs
     flat_keys: ClassVar[tuple[str, ...]] = ()  # those of them flat over the batch's detections (not (B, ...))
+    detection_keys: ClassVar[tuple[str, ...]] = ()  # its per-image prediction entries with one row per detection
 
     # --- decoding ---------------------------------------------------------------------------------------
     def settings(self, head: Any) -> dict[str, Any]:
@@ -101,6 +103,11 @@ class Task:
         every network that is scored or kept (a tuned threshold goes into all of them)."""
         return None
 
+    def coco_params(self, settings: Mapping[str, Any], dataset: Any) -> dict[str, Any] | None:
+        """COCOeval ``params`` attributes this task sets (keypoint sigmas ...) for a task with a
+        ``coco_iou_type``; None when ``dataset`` cannot score it (its ground truth lacks the task's labels)."""
+        return {}
+
     # --- output -----------------------------------------------------------------------------------------
     def image_entry(self, pred: Pred, meta: Mapping[str, Any]) -> dict[str, Any]:
         """This task's fields of an image's JSON entry (predict, serve): ``{"classification": {...}}`` ..."""
@@ -115,6 +122,11 @@ class Task:
     def caption_lines(self, pred: Pred, meta: Mapping[str, Any]) -> list[str]:
         """Lines this task adds to an overlay's caption."""
         return []
+
+    def draw(self, canvas: np.ndarray, pred: Pred, keep: torch.Tensor, zoom: float, colours: list[tuple[int, int, int]],
+             settings: Mapping[str, Any]) -> None:
+        """Draw this task's part of ``pred`` (original pixels times ``zoom``) on the uint8 RGB ``canvas`` in place:
+        ``keep`` selects the detections shown, ``colours`` gives each of them its colour (class or track)."""
 
     # --- config and data --------------------------------------------------------------------------------
     def fill_from_data(self, cfg: Any, name: str, datamodule: Any) -> None:

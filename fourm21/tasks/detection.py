@@ -84,6 +84,7 @@ class DetectionTask(Task):
     overrides = {"score_thr": "score_thr", "iou_thr": "iou_thr", "max_det": "max_det"}
     decoded_keys = ("det_batch_index", "det_boxes", "det_scores", "det_labels")
     flat_keys = decoded_keys
+    detection_keys = ("boxes", "scores", "labels", "locations")
 
     def settings(self, head: Any) -> dict[str, Any]:
         return {"strides": tuple(int(s) for s in head.strides), "score_thr": float(head.score_thr),

@@ -46,6 +46,7 @@ class InstanceTask(Task):
     pipeline_tag, pipeline_rank = "image-segmentation", 1
     decoded_keys = ("det_mask_logits",)
     flat_keys = decoded_keys
+    detection_keys = ("masks", "mask_logits")
 
     def settings(self, head: Any) -> dict[str, Any]:
         return {"mask_thr": float(head.mask_thr)}

@@ -87,7 +87,8 @@ def make_plots(module: MultiTaskModule, datamodule: Any, run_dir: Path) -> list[
         images, preds = module.last_val_preds[idx]
         ds = val_sets[idx] if idx < len(val_sets) else None
         out.append(plot_prediction_grid(images, preds, getattr(ds, "class_names", []),
-                                        getattr(ds, "image_class_names", []), run_dir / "val_predictions.png"))
+                                        getattr(ds, "image_class_names", []), run_dir / "val_predictions.png",
+                                        settings=module.decode_settings(module.inference_net)))
     return out
 
 

@@ -123,7 +123,7 @@ def test_large_images_are_decoded_at_the_letterbox_size(tmp_path):
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(data))
     ds = CocoDataset(tmp_path / "img", ann, build_dense_transform(64, train=False))
-    image, boxes, labels, masks, semantic, orig = ds._load_raw(1)
+    image, boxes, labels, masks, semantic, orig, _ = ds._load_raw(1)
     assert image.shape == (40, 64, 3) and masks.shape == (1, 40, 64) and semantic.shape == (40, 64)
     assert orig == (200, 320)
     np.testing.assert_allclose(boxes[0], [16, 8, 48, 24])

@@ -1,5 +1,5 @@
-"""Tracking: identities persist per object (moving, crossing, briefly gone) and differ between objects; masks
-and image-level predictions stay attached; ``predict_video(..., tracker=...)`` on a generated clip."""
+"""Tracking: identities persist per object (moving, crossing, briefly gone) and differ between objects; masks,
+keypoints and image-level predictions stay attached; ``predict_video(..., tracker=...)`` on a generated clip."""
 
 from pathlib import Path
 
@@ -34,8 +34,10 @@ def frame_pred(f: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     masks = torch.zeros(len(items), H, W, dtype=torch.bool)
     for k, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
         masks[k, y0:y1, x0:x1] = True
+    keypoints = torch.stack([torch.stack([boxes[:, 0], boxes[:, 1], torch.ones(len(items))], -1),
+                             torch.stack([boxes[:, 2], boxes[:, 3], torch.ones(len(items))], -1)], 1)  # 2 corners
     return {"boxes": boxes, "scores": torch.tensor([0.9 - 0.05 * i for i in range(len(items))]),  # sorted, as decoded
-            "labels": torch.tensor([k for k, _ in items]), "masks": masks,
+            "labels": torch.tensor([k for k, _ in items]), "masks": masks, "keypoints": keypoints,
             "class_probs": torch.tensor([0.25, 0.75]), "class_label": torch.tensor(1), "semantic": torch.zeros(H, W)}
 
 
@@ -66,8 +68,9 @@ def test_ids_persist_through_a_crossing_and_a_gap_and_differ_between_objects(nam
         assert p["track_ids"].dtype == torch.int64
         assert p["class_label"] == 1 and p["semantic"].shape == (H, W)  # image-level entries untouched
         assert len(p["boxes"]) == len(p["scores"]) == len(p["masks"]) == len(p["track_ids"])
-        for label, box, mask in zip(p["labels"].tolist(), p["boxes"], p["masks"]):
-            assert box.tolist() == object_boxes(f)[label]  # box, label and mask moved together
+        for label, box, mask, kpts in zip(p["labels"].tolist(), p["boxes"], p["masks"], p["keypoints"]):
+            assert box.tolist() == object_boxes(f)[label]  # box, label, mask and keypoints moved together
+            assert kpts[:, :2].flatten().tolist() == box.tolist()
             ys, xs = mask.nonzero(as_tuple=True)
             assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == box.int().tolist()
         assert (p["scores"][:-1] >= p["scores"][1:]).all()  # the decoder's order (by score) is kept
