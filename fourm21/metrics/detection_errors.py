@@ -136,12 +136,15 @@ def class_list(coco_gt: COCO, cat_ids: list[int] | None = None) -> tuple[list[in
     return ids, [str(coco_gt.cats[c].get("name", c)) for c in ids]
 
 
+ERROR_IOU_TYPES = ("bbox", "segm")  # what ``detection_errors`` matches by
+
+
 def detection_errors(coco_gt: COCO, results_by_image: dict[int, list[dict]], iou_type: str = "bbox",
                      iou_thr: float = 0.5, score_thr: float = 0.25, cat_ids: list[int] | None = None
                      ) -> DetectionErrors:
     """Confusion matrix (classes + background) and per-image errors over the images in ``results_by_image``
     (an image with no detections is a key with an empty list), for ``iou_type`` 'bbox' or 'segm'."""
-    if iou_type not in ("bbox", "segm"):
+    if iou_type not in ERROR_IOU_TYPES:
         raise ValueError(f"iou_type must be 'bbox' or 'segm', not {iou_type!r}")
     ids, names = class_list(coco_gt, cat_ids)
     index = {c: i for i, c in enumerate(ids)}

@@ -18,6 +18,7 @@ from fourm21.errors import CheckpointError, ConfigError, DatasetError
 from fourm21.inference.checkpoints import architecture, load_state, read_checkpoint
 from fourm21.inference.render import plot_prediction_grid, plot_worst_images
 from fourm21.metrics.detection_errors import (
+    ERROR_IOU_TYPES,
     class_list,
     detection_errors,
     per_class_ap,
@@ -139,12 +140,14 @@ def error_analysis(evaluators: list[MultiTaskEvaluator], val_sets: Mapping[str, 
         cat_ids, class_names = class_list(ev.coco_gt, ev.cat_ids)
         worst_done = False
         for task, iou_type in ev.coco.items():
-            kind = "boxes" if iou_type == "bbox" else "masks"
+            kind = {"bbox": "boxes", "segm": "masks"}.get(iou_type, iou_type)
             coco_ev = ev.coco_evals.get(task)
             if coco_ev is not None:
                 table = per_class_ap(coco_ev, ev.coco_gt)
                 metrics.update({f"{stage}/{tag}{task}/ap.{c}": row["ap"] for c, row in table.items()})
                 sections[f"Per-class AP, {kind} ({name})"] = per_class_ap_markdown(table)
+            if iou_type not in ERROR_IOU_TYPES:
+                continue  # confusion and worst images match boxes or masks (keypoints: their AP only)
             if iou_type == "segm" and not any("segmentation" in r for r in ev.results):
                 continue  # no mask predictions to match
             errs = detection_errors(ev.coco_gt, ev.coco_results, iou_type, iou_thr, score_thr, cat_ids)
