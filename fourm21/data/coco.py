@@ -190,6 +190,8 @@ def _check_annotation(a: dict, h: int, w: int) -> str | list[str]:
     if not a.get("segmentation"):
         if a["iscrowd"]:
             return "empty_crowd"
+        bx, by, bw_, bh_ = a["bbox"]  # the box as a polygon: the training target and COCOeval's 'segm' ground truth
+        a["segmentation"] = [[bx, by, bx + bw_, by, bx + bw_, by + bh_, bx, by + bh_]]
         done.append("box_as_mask")
     if not (_finite([a.get("area")]) and a["area"] > 0):
         a["area"] = float(a["bbox"][2] * a["bbox"][3])
