@@ -15,9 +15,9 @@ def collate_samples(samples: list[Sample | None]) -> dict | None:
     with no sample left is None, which the training and validation steps skip.
 
     Returns image (B, 3, H, W); label (B,) with -1 where absent; gt_boxes (B, M, 4); gt_labels (B, M)
-    with -1 for padding; gt_keypoints (B, M, K, 3); gt_masks (B, M, h, w) at the samples' mask resolution (bool at full resolution,
-    else coverage fractions; see ``CocoDataset.mask_stride``); semantic (B, H, W) with IGNORE_INDEX where
-    absent; attributes {group: (B,) class or -1}; labels (B, C) multi-hot; caption_tokens (B, T)
+    with -1 for padding; gt_keypoints (B, M, K, 3); gt_masks (B, M, h, w) at the samples' mask resolution
+    (bool at full resolution, else coverage fractions; see ``CocoDataset.mask_stride``); semantic (B, H, W)
+    with IGNORE_INDEX where absent; attributes {group: (B,) class or -1}; labels (B, C) multi-hot; caption_tokens (B, T)
     (0 = padding); the has_* masks; meta list.
     """
     samples = [s for s in samples if s is not None]

@@ -4,8 +4,8 @@ Each image has a scene class (its background's palette and texture, for the soft
 objects (circle, square, triangle) with random colour, size and rotation that may occlude
 each other. Instance masks are the *visible* parts (RLE), boxes are their tight boxes, and a
 semantic PNG holds the per-pixel class. Each object has five keypoints defined on its visible mask
-(``shape_keypoints``), so the pose task trains and tests without a download. Because it is plain COCO, the default run uses the
-same pycocotools reading path as real COCO.
+(``shape_keypoints``), so the pose task trains and tests without a download. Because it is plain COCO,
+the default run uses the same pycocotools reading path as real COCO.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from fourm21.errors import ConfigError
 from fourm21.tasks.registry import registered
 
 
-
 def detection_keys() -> list[str]:
     """The per-detection entries of a prediction dict (first dimension N), as the registered tasks name them
     (``Task.detection_keys``); everything else is image-level."""

@@ -50,8 +50,9 @@ class MultiTaskEvaluator:
     """``update`` per batch with decoded predictions; ``compute`` returns e.g. ``{"cls/acc": ..., "det/map50": ...}``.
 
     ``parts``: ``{head name: metrics}`` (``add(preds, batch)``, ``compute()``, ``reset()``); ``coco``: the heads
-    COCOeval scores and their IoU type, ``coco_params`` the COCOeval params each sets (keypoint sigmas); ``dataset``: the evaluation data set, whose ``coco`` ground truth (if
-    any) COCOeval uses; ``to_results(pred, meta)``: one image's COCO results entries in its original pixels
+    COCOeval scores and their IoU type, ``coco_params`` the COCOeval params each sets (keypoint sigmas);
+    ``dataset``: the evaluation data set, whose ``coco`` ground truth (if any) COCOeval uses;
+    ``to_results(pred, meta)``: one image's COCO results entries in its original pixels
     (``fourm21.inference.results.CocoResults``); ``main_metrics``: ``{head name: metric}`` for ``score``.
     Only heads whose targets the data set carries produce metrics.
     """

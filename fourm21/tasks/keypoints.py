@@ -160,7 +160,7 @@ class KeypointTask(Task):
         if "keypoints" not in pred or not len(pred["keypoints"]):
             return
         thr, thickness = float(settings["kpt_thr"]), max(1, int(round(zoom)))
-        radius = max(2, int(round(2 * zoom)))
+        radius = max(2, int(round(1.5 * zoom)))
         for k, colour in zip(pred["keypoints"].cpu()[keep].float().numpy(), colours):
             xy = (k[:, :2] * zoom).round().astype(np.int32)
             seen = k[:, 2] >= thr

@@ -139,15 +139,21 @@ def test_coco_keypoints_train_evaluate_with_pycocotools_parity_predict_and_expor
     export_dir = next(p.parent for p in (tmp_path / "export").rglob("model.onnx"))
     import fourm21
 
-    torch_model, onnx_model = fourm21.load(ckpt), fourm21.load(export_dir)  # at the thresholds the graph holds
+    res = run_cli("fourm21-export", [f"ckpt_path={ckpt}", "format=openvino", "verify_batch=1",
+                                     f"paths.run_dir={tmp_path / 'ov'}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ov_dir = next(p.parent for p in (tmp_path / "ov").rglob("model.xml"))
+    torch_model = fourm21.load(ckpt)
     images = sorted((root / "val2017").glob("*.png"))[:4]
-    worst, count = 0.0, 0
-    for a, b in zip(torch_model.predict(images), onnx_model.predict(images)):
-        assert len(a["keypoints"]) == len(b["keypoints"])
-        if len(a["keypoints"]):
-            worst = max(worst, float((a["keypoints"] - b["keypoints"]).abs().max()))
-            count += len(a["keypoints"])
-    assert count > 0 and worst <= 1e-3, (count, worst)
+    reference = torch_model.predict(images)
+    for exported in (fourm21.load(export_dir), fourm21.load(ov_dir)):  # at the thresholds the graph holds
+        worst, count = 0.0, 0
+        for a, b in zip(reference, exported.predict(images)):
+            assert len(a["keypoints"]) == len(b["keypoints"])
+            if len(a["keypoints"]):
+                worst = max(worst, float((a["keypoints"] - b["keypoints"]).abs().max()))
+                count += len(a["keypoints"])
+        assert count > 0 and worst <= 1e-3, (type(exported.runner).__name__, count, worst)
 
 
 def test_a_yolo_pose_folder_trains_and_predicts_keypoints(tmp_path):
