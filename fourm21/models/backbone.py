@@ -64,6 +64,19 @@ INPUT_CONTRACT = ("images (B, 3, H, W), RGB, pixel values 0-255 (uint8, or float
                   "normalises them with its own mean and std")
 
 
+def _channels_first_input(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _pixel_convs_channels_first(body: nn.Module) -> None:
+    """Run the strided 1x1 convolutions over the RGB pixels (MobileOne-style stem branches: FastViT, MobileOne)
+    channels-first. Their weight gradient in channels-last corrupts the heap on AMD Zen 4 CPUs (oneDNN in
+    torch 2.14.1: glibc aborts the process); over 3 channels the layout change costs nothing measurable."""
+    for m in body.modules():
+        if isinstance(m, nn.Conv2d) and m.in_channels <= 4 and m.kernel_size == (1, 1) and max(m.stride) > 1:
+            m.register_forward_pre_hook(_channels_first_input)
+
+
 class TimmBackbone(nn.Module):
     """Wraps ``timm.create_model(features_only=True)``; exposes ``channels`` and ``strides`` per level.
 
@@ -85,6 +98,7 @@ class TimmBackbone(nn.Module):
         if img_size is not None:  # position embeddings / attention windows sized for the input, where a model has them
             optional.update(img_size=img_size, dynamic_img_size=True)
         self.body = self._create(pretrained, kwargs, optional)
+        _pixel_convs_channels_first(self.body)
         fmt = getattr(self.body, "output_fmt", "NCHW")  # timm's Format enum, or absent (channels-first)
         self.nhwc = getattr(fmt, "value", fmt) == "NHWC"
         channels = list(self.body.feature_info.channels())

@@ -1,7 +1,7 @@
 """Keypoints through the CLIs on data the test writes: a COCO keypoints JSON (experiment=coco_pose) and a
 YOLO-pose folder (data=yolo) train; fourm21-eval's keypoint AP equals pycocotools' COCOeval on the keypoints
-file it wrote; fourm21-predict writes COCO keypoint results; the end-to-end ONNX export returns the
-checkpoint's keypoints."""
+file it wrote; fourm21-predict writes COCO keypoint results; the end-to-end ONNX and the OpenVINO exports
+return the checkpoint's keypoints, and the service answers them."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import io
 import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import BIN, run_cli
+from tests.serve.conftest import started_server
 
 NAMES = ["centre", "left_top", "right_top"]  # a flip swaps the two corners (by their names)
 SIZE = 64
@@ -154,6 +156,18 @@ def test_coco_keypoints_train_evaluate_with_pycocotools_parity_predict_and_expor
                 worst = max(worst, float((a["keypoints"] - b["keypoints"]).abs().max()))
                 count += len(a["keypoints"])
         assert count > 0 and worst <= 1e-3, (type(exported.runner).__name__, count, worst)
+
+    (tmp_path / "serve").mkdir()  # the service on the end-to-end graph: keypoints in its JSON, drawn on its overlay
+    with started_server([str(BIN / "fourm21-serve")], export_dir, tmp_path, tmp_path / "serve") as srv, \
+            images[0].open("rb") as f:
+        r = httpx.post(f"{srv.url}/predict?overlay=true", files={"image": (images[0].name, f, "image/png")},
+                       timeout=60)
+    assert r.status_code == 200, r.text
+    served = r.json()
+    assert served["annotations"] and all(len(a["keypoints"]) == 9 for a in served["annotations"])
+    np.testing.assert_allclose(served["annotations"][0]["keypoints"], reference[0]["keypoints"][0].flatten(),
+                               atol=1e-3)
+    assert served["overlay_png"]
 
 
 def test_a_yolo_pose_folder_trains_and_predicts_keypoints(tmp_path):

@@ -68,7 +68,8 @@ def test_labelme_shapes_splits_and_embedded_images(tmp_path):
     grouped = next(x for x in train.coco.anns.values() if x["bbox"][0] == 40)
     assert len(grouped["segmentation"]) == 2  # one object, two polygons
     rect = next(x for x in train.coco.anns.values() if x["category_id"] == 2 and x["image_id"] == 1)
-    assert rect["segmentation"] == []  # a rectangle is a box
+    x, y, w, h = rect["bbox"]  # a rectangle is a box: the reader makes it the box's polygon (COCOeval's segm gt)
+    assert rect["segmentation"] == [[x, y, x + w, y, x + w, y + h, x, y + h]]
     b = sample_of(train, "sub/b.png")  # the embedded image, written out
     assert not (tmp_path / "out" / "train2017" / "sub" / "b.png").is_symlink()
     assert b["box_labels"].tolist() == [1, 0]

@@ -47,7 +47,8 @@ def test_coco128_detection_layout_as_is(tmp_path):
         assert s["box_labels"].tolist() == [0, 2]
         assert len(sample_of(ds, "000001.jpg")["boxes"]) == 0
     ann = ds.coco.anns[1]
-    assert ann["bbox"] == [8.0, 12.0, 16.0, 24.0] and ann["segmentation"] == [] and ann["area"] == 384.0
+    assert ann["bbox"] == [8.0, 12.0, 16.0, 24.0] and ann["area"] == 384.0
+    assert ann["segmentation"] == [[8.0, 12.0, 24.0, 12.0, 24.0, 36.0, 8.0, 36.0]]  # a box label: its box as the mask
     assert (tmp_path / "out" / "train2017" / "000000.jpg").is_symlink()
 
 
