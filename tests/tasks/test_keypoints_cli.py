@@ -158,7 +158,8 @@ def test_coco_keypoints_train_evaluate_with_pycocotools_parity_predict_and_expor
         assert count > 0 and worst <= 1e-3, (type(exported.runner).__name__, count, worst)
 
     (tmp_path / "serve").mkdir()  # the service on the end-to-end graph: keypoints in its JSON, drawn on its overlay
-    with started_server([str(BIN / "fourm21-serve")], export_dir, tmp_path, tmp_path / "serve") as srv, \
+    with started_server([str(BIN / "fourm21-serve")], export_dir, tmp_path, tmp_path / "serve",
+                        "score_thr=0.05") as srv, \
             images[0].open("rb") as f:
         r = httpx.post(f"{srv.url}/predict?overlay=true", files={"image": (images[0].name, f, "image/png")},
                        timeout=60)

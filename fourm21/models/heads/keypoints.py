@@ -19,18 +19,21 @@ class KeypointHead(Head):
     ``sigmas`` (per-keypoint OKS sigmas), ``keypoint_names`` and ``skeleton`` (1-based pairs, COCO's) describe
     the keypoint set for the loss, the metrics and the drawings; ``kpt_thr``: the visibility probability at
     which a keypoint is drawn; ``l1_weight`` / ``vis_weight``: the loss terms beside the OKS loss;
-    ``default_sigma``: the sigma ``sigmas`` was filled with when the data named none (kept for the record).
+    ``default_sigma``: each keypoint's sigma when ``sigmas`` is null.
     """
 
-    def __init__(self, in_channels: int, strides: list[int], num_keypoints: int, sigmas: list[float],
-                 keypoint_names: list[str], skeleton: list[list[int]], num_convs: int = 2, kpt_thr: float = 0.5,
-                 l1_weight: float = 1.0, vis_weight: float = 1.0, default_sigma: float = 0.1) -> None:
+    def __init__(self, in_channels: int, strides: list[int], num_keypoints: int, sigmas: list[float] | None = None,
+                 keypoint_names: list[str] | None = None, skeleton: list[list[int]] | None = None, num_convs: int = 2,
+                 kpt_thr: float = 0.5, l1_weight: float = 1.0, vis_weight: float = 1.0,
+                 default_sigma: float = 0.1) -> None:
         super().__init__()
         self.strides = list(strides)
         self.num_keypoints = int(num_keypoints)
-        self.sigmas = [float(s) for s in sigmas]
-        self.keypoint_names = [str(n) for n in keypoint_names]
-        self.skeleton = [[int(a), int(b)] for a, b in skeleton]
+        # fourm21-train fills these from the data first; a head built without them numbers its points
+        self.sigmas = [float(s) for s in sigmas] if sigmas is not None else [float(default_sigma)] * self.num_keypoints
+        self.keypoint_names = [str(n) for n in keypoint_names] if keypoint_names is not None else [
+            str(k) for k in range(self.num_keypoints)]
+        self.skeleton = [[int(a), int(b)] for a, b in skeleton or []]
         self.kpt_thr, self.l1_weight, self.vis_weight = float(kpt_thr), float(l1_weight), float(vis_weight)
         self.default_sigma = float(default_sigma)
         c = in_channels
