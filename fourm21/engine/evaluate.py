@@ -2,18 +2,81 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, setup_runtime
 from fourm21.engine.validate_config import check_config
-from fourm21.inference.checkpoints import check_data_matches
+from fourm21.errors import ConfigError
+from fourm21.inference.checkpoints import check_data_matches, stored_data_config
 from fourm21.tasks import override_values
 from fourm21.training.evaluation import evaluate_module, load_module, print_summary
 
+# a pick of one of these groups on the command line evaluates on the composed data config, not the checkpoint's
+DATA_GROUPS = ("data", "experiment")
+
+
+def picks_data(override: Override) -> bool:
+    """``data=coco``, ``+experiment=x``, ``~data`` ...: the command line chooses the data itself."""
+    return override.key_or_group.split("/")[0] in DATA_GROUPS
+
+
+def apply_override(cfg: DictConfig, override: Override) -> None:
+    """One parsed ``key=value`` / ``+key=value`` / ``++key=value`` / ``~key`` applied to ``cfg`` as Hydra
+    applies it when composing; a ConfigError naming the override when the key is not there."""
+    key, value = override.key_or_group, override.value()
+    try:
+        if override.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent)
+            if not isinstance(node, DictConfig) or leaf not in node:
+                raise KeyError(key)
+            with open_dict(node):
+                del node[leaf]
+        else:
+            OmegaConf.update(cfg, key, value, merge=True, force_add=override.is_add() or override.is_force_add())
+    except (KeyError, OmegaConfBaseException):
+        raise ConfigError(f"{override.input_line}: the data config stored in the checkpoint "
+                          f"('{cfg.data.get('name')}') has no key {key}; drop it, add it with "
+                          f"+{override.input_line.lstrip('+~')}, or pick the data yourself (data=...)") from None
+
+
+def use_checkpoint_data(cfg: DictConfig, stored: Mapping[str, Any] | None, overrides: list[str]) -> list[str] | None:
+    """Evaluate on the data the checkpoint was trained with: ``cfg.data`` becomes the ``stored`` (unresolved) data
+    config with the command line's ``data.*`` ``overrides`` applied on top, so ``data.root=`` moves every path
+    that interpolates it. Returns the overrides applied; None (``cfg`` untouched) when the checkpoint stores
+    no data config (written before fourm21 did) or the command line picks a data group or an experiment."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if stored is None or any(picks_data(o) for o in parsed):
+        return None
+    with open_dict(cfg):
+        cfg.data = OmegaConf.create(dict(stored))
+    applied = [o for o in parsed if o.key_or_group.startswith("data.")]
+    for o in applied:
+        apply_override(cfg, o)
+    return [str(o.input_line) for o in applied]
+
+
+def command_line_overrides() -> list[str]:
+    """The task overrides of this Hydra run (``data.root=X``, ``stage=test`` ...); none outside Hydra."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:
+    applied = use_checkpoint_data(cfg, stored_data_config(cfg.ckpt_path), command_line_overrides())
+    if applied is not None and rank_zero_only.rank == 0:  # DDP's other processes run this too
+        on_top = f", with {' '.join(applied)}" if applied else ""
+        print(f"fourm21-eval: data '{cfg.data.get('name')}' as the checkpoint was trained{on_top} "
+              f"(data=... or experiment=... evaluates on other data)")
     check_config(cfg)
     setup_runtime(cfg)
     run_dir = run_dir_of(cfg)

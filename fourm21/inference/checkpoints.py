@@ -2,7 +2,7 @@
 
 Every place that loads a ``.ckpt`` goes through here: ``fourm21-eval`` (``load_module``), the Python
 API and predict (``load_checkpoint``), resuming training (``check_resume``) and evaluating a
-checkpoint on a data set (``check_data_matches``).
+checkpoint on a data set (``check_data_matches``, ``stored_data_config``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,14 @@ import torch
 
 from fourm21.errors import CheckpointError
 
+# meta key of the run's data config, unresolved (``${data.root}`` follows a ``data.root=`` override): what
+# fourm21-eval evaluates on by default; a training concern with local paths, so inference meta leaves it out
+DATA_CONFIG = "data_config"
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The dict of a fourm21 training checkpoint (``weights_only`` load on the CPU).
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The dict of a fourm21 training checkpoint (``weights_only`` load on the CPU; ``mmap``: the tensors stay
+    on disk until touched, for a reader that wants only the hyper-parameters).
 
     A CheckpointError names the file when it is missing, empty, cut short, not a PyTorch file or
     not a fourm21 training checkpoint (no model config inside)."""
@@ -31,7 +36,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted save or copy; use another "
                               f"checkpoint (e.g. last.ckpt) or copy it again")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - torch raises many types for cut or foreign files
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, EOFError) or any(s in detail for s in ("central directory", "failed reading zip",
@@ -108,6 +113,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
     ckpt = read_checkpoint(path)
     hp = dict(ckpt["hyper_parameters"])
+    hp["meta"] = {k: v for k, v in (hp.get("meta") or {}).items() if k != DATA_CONFIG}  # exports copy meta
     try:
         net = build_model(hp["model"])
     except Exception as e:  # noqa: BLE001 - a config this version cannot build, whatever the cause
@@ -153,6 +159,13 @@ def check_resume(path: str | Path, model_cfg: Mapping[str, Any], loss_cfg: Mappi
         raise CheckpointError(f"cannot resume from {path}: it was trained with another model "
                               f"({architecture(hp['model'])}): {'; '.join(diffs[:4])}{more}; resume with the same "
                               f"model settings, or start a new run without ckpt_path")
+
+
+def stored_data_config(path: str | Path) -> dict[str, Any] | None:
+    """The data config a checkpoint was trained with (unresolved), or None for one written before
+    fourm21 stored it. Reads only the hyper-parameters (memory-mapped load)."""
+    stored = (read_checkpoint(path, mmap=True)["hyper_parameters"].get("meta") or {}).get(DATA_CONFIG)
+    return dict(stored) if isinstance(stored, Mapping) else None
 
 
 def check_data_matches(model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], path: str | Path) -> None:

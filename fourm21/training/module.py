@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel
 
 from fourm21.errors import ConfigError
-from fourm21.inference.checkpoints import inference_prefix
+from fourm21.inference.checkpoints import DATA_CONFIG, inference_prefix
 from fourm21.inference.decode import DecodeSettings, decode
 from fourm21.inference.results import build_evaluator
 from fourm21.losses.multitask import MultiTaskLoss
@@ -88,7 +88,9 @@ class MultiTaskModule(L.LightningModule):
     @classmethod
     def from_config(cls, cfg: DictConfig) -> MultiTaskModule:
         to = lambda c: OmegaConf.to_container(c, resolve=True)  # noqa: E731
-        meta = {"img_size": cfg.data.get("img_size"), "data": cfg.data.get("name")}
+        # the data config unresolved (filled from the data already): fourm21-eval evaluates on it by default
+        meta = {"img_size": cfg.data.get("img_size"), "data": cfg.data.get("name"),
+                DATA_CONFIG: OmegaConf.to_container(cfg.data, resolve=False)}
         semi, ema = cfg.get("semi"), cfg.get("ema")
         return cls(model=to(cfg.model), loss=to(cfg.loss), optim=to(cfg.optim), meta=meta,
                    semi={k: v for k, v in to(semi).items() if k != "dataset"} if semi and semi.enabled else None,
