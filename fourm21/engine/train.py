@@ -10,13 +10,15 @@ import time
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
-from fourm21.engine.validate_config import check_config
+from fourm21.engine.validate_config import check_config, heads_follow_data
 from fourm21.errors import ConfigError
 from fourm21.tasks import tasks_of_config
 from fourm21.training.callbacks import NonFiniteGuard
@@ -89,6 +91,22 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(path)
 
 
+def heads_enabled_on_command_line() -> set[str]:
+    """Heads whose ``enabled`` the command line sets (``model.heads.det.enabled=true``): they do not follow the
+    data. None outside Hydra's command line (a config composed in code)."""
+    if not HydraConfig.initialized():
+        return set()
+    names = set()
+    for o in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+        parts = o.key_or_group.split(".")
+        if parts[:2] != ["model", "heads"] or len(parts) < 3:
+            continue
+        value = None if o.is_sweep_override() else o.value()
+        if parts[3:] == ["enabled"] or (len(parts) == 3 and isinstance(value, dict) and "enabled" in value):
+            names.add(parts[2])
+    return names
+
+
 def run_train(cfg: DictConfig) -> dict[str, float]:
     """Train, evaluate, report. Returns the report's metrics."""
     run_dir = run_dir_of(cfg)
@@ -96,6 +114,9 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     if resume_from:
         with open_dict(cfg):
             cfg.ckpt_path = resume_from  # `last` -> the file, which check_config compares with this config
+    for name, why in heads_follow_data(cfg, heads_enabled_on_command_line()).items():
+        if rank_zero_only.rank == 0:
+            print(f"fourm21: head '{name}' switched off: {why}", flush=True)
     check_config(cfg)
     setup_runtime(cfg)
     datamodule = instantiate(cfg.data.datamodule)

@@ -5,19 +5,23 @@ and impossible values (``optim.lr=-1``, an image size that is not a multiple of 
 stride, ``data.on_bad_image=maybe``), heads enabled on data without their labels, data paths that
 do not exist, and a resume checkpoint that is cut short or of another model. It works on the
 train, eval and pretrain configs alike: sections a config lacks are not checked.
+
+Before it, ``fourm21-train`` lets the heads follow the data (``heads_follow_data``): a head the data has no
+labels for is switched off, unless the command line enabled it, so ``data=imagefolder`` trains as it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from fourm21.data.images import check_policy
 from fourm21.errors import ConfigError, DatasetError, check_number
-from fourm21.tasks import override_values, tasks_of_config
+from fourm21.tasks import override_values, task_for_config, tasks_of_config
+from fourm21.tasks.registry import enabled_entries
 
 # data keys that name files or folders (checked when no ``prepare`` step or download makes them)
 DATA_PATH_KEYS = ("root", "cifar10_root", "csv", "val_csv", "image_dir")
@@ -39,6 +43,54 @@ def check_config(cfg: DictConfig) -> None:
             from fourm21.inference.checkpoints import check_resume
             to = lambda c: OmegaConf.to_container(c, resolve=True) if c is not None else None  # noqa: E731
             check_resume(cfg.ckpt_path, to(cfg.model), to(cfg.get("loss")))
+
+
+def heads_follow_data(cfg: DictConfig, explicit: Collection[str] = ()) -> dict[str, str]:
+    """Switch off, in ``cfg``, each enabled head the training data has no labels for (its size key is 0 and so is
+    the data key it reads, ``Task.data_keys``, or the data lacks that key), then the heads that require one of
+    those. A head in ``explicit`` (enabled on the command line) stays on, for ``check_config`` to reject.
+    Returns ``{head: why it is off}``; a ConfigError when no head is left to train."""
+    data, model = cfg.get("data"), cfg.get("model")
+    if data is None or model is None:
+        return {}
+    data_name = data.get("name")
+    tasks = {name: task_for_config(name, h) for name, h in enabled_entries(model).items() if "_target_" in h}
+    off: dict[str, str] = {}
+    for name, task in tasks.items():
+        head = model.heads[name]
+        for own, key in task.data_keys.items():
+            size = head.get(own)
+            unlabelled = key not in data or data[key] == 0
+            if name in explicit or own not in head or not _is_zero(size) or not unlabelled:
+                continue
+            why = f"data.{key} is 0" if key in data else f"no data.{key}"
+            off[name] = f"data '{data_name}' has no labels for it ({why})"
+            break
+    kinds_off = {tasks[n].kind: n for n in off}
+    for _ in range(len(tasks)):  # a head reading a switched-off one goes too (and one reading that ...)
+        on = {t.kind for n, t in tasks.items() if n not in off}
+        for name, task in tasks.items():
+            gone = [kinds_off[k] for k in task.requires if k in kinds_off and k not in on]
+            if name not in off and name not in explicit and gone:
+                off[name] = f"it needs head '{gone[0]}', which is off"
+                kinds_off[task.kind] = name
+    off = {name: off[name] for name in tasks if name in off}  # in config order
+    with open_dict(cfg):
+        for name in off:
+            model.heads[name].enabled = False
+    if not enabled_entries(model):
+        if off:
+            raise ConfigError(f"model.heads: no head is left on: data '{data_name}' has labels for none of the "
+                              f"enabled heads ({', '.join(off)}); enable a head this data labels "
+                              f"(model.heads.<name>.enabled=true) or pick an experiment made for this data "
+                              f"(e.g. experiment={data_name})")
+        raise ConfigError("model.heads: every head is disabled; enable one (model.heads.<name>.enabled=true)")
+    return off
+
+
+def _is_zero(size: object) -> bool:
+    """A head size that cannot be trained (0 classes / keypoints); null (read from the data) is not."""
+    return isinstance(size, int) and not isinstance(size, bool) and size < 1
 
 
 def _check_optim(optim: DictConfig | None) -> None:
