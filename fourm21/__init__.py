@@ -3,6 +3,7 @@
     import fourm21
     model = fourm21.load("runs/train/.../checkpoints/best.ckpt")   # or an exported directory, or hf://owner/name
     preds = model.predict(["photo.jpg"])                             # plain dicts of tensors per image
+    dets = model.predict(["photo.jpg"], output="supervision")        # or supervision.Detections per image
     fourm21.save_pretrained(model, "my-model")                       # safetensors + config + classes + model card
 """
 
@@ -35,3 +36,10 @@ def push_to_hub(model, repo_id, private=None, token=None, report=None, commit_me
 
     return _push(model, repo_id, private=private, token=token, report=report,
                  commit_message=commit_message)
+
+
+def to_supervision(pred, model):
+    """One image's predictions (an entry of ``model.predict(...)``) as ``supervision.Detections`` (``fourm21.api``)."""
+    from fourm21.api import to_supervision as _to
+
+    return _to(pred, model)

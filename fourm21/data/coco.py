@@ -24,6 +24,7 @@ import logging
 import math
 import re
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from fourm21.data.clock import EpochClock
+from fourm21.data.image_tags import ImageTags
 from fourm21.data.images import SkipLog, check_policy, read_image, read_image_or_skip
 from fourm21.data.json_file import read_json
 from fourm21.data.mosaic import MosaicItem, mosaic4
@@ -256,7 +258,11 @@ class CocoDataset(Dataset):
                  semantic_dir: str | Path | None = None, image_label_key: str | None = "label",
                  cache: bool = False, source: str = "coco", limit: int | None = None,
                  on_bad_image: str = "error", mask_stride: int = 1, mosaic: float = 0.0, close_mosaic: int = 0,
-                 mosaic_size: int | None = None, mosaic_buffer: int = 0, flip_idx: list[int] | None = None) -> None:
+                 mosaic_size: int | None = None, mosaic_buffer: int = 0, flip_idx: list[int] | None = None,
+                 image_labels: str | Path | None = None, image_col: str = "file_name",
+                 image_class_col: str | None = None, groups: list[str] | None = None,
+                 image_label_classes: dict[str, list[str]] | None = None,
+                 semantic_values: dict[int, int | str] | None = None) -> None:
         self.img_dir = Path(img_dir)
         self.ann_file = Path(ann_file)
         self.semantic_dir = Path(semantic_dir) if semantic_dir else None
@@ -295,6 +301,16 @@ class CocoDataset(Dataset):
         image_cats = self.coco.dataset.get("image_categories")
         self.image_class_names = [c["name"] for c in sorted(image_cats, key=lambda c: c["id"])] if image_cats else []
         self.image_label_key = image_label_key if self.image_class_names else None
+        self.attribute_classes: dict[str, list[str]] = {}
+        self._tags: dict[str, tuple[int, dict[str, int]]] = {}
+        if image_labels:  # the CSV beside the folder: its class column wins over the JSON's image_categories
+            tags = ImageTags(image_labels, image_col, image_class_col, groups, image_label_classes)
+            self._tags = tags.match([self.coco.imgs[i]["file_name"] for i in self.ids], str(self.ann_file))
+            self.tags_unmatched = tags.unmatched
+            if tags.class_col:
+                self.image_class_names, self.image_label_key = tags.class_names, None
+            self.attribute_classes = tags.attribute_classes
+        self._semantic_lut = semantic_lut(semantic_values, self.semantic_dir)
         self.keypoint_names, self.skeleton, self.flip_idx = keypoint_spec(
             self.coco, self.ann_file, list(flip_idx) if flip_idx is not None else None)
         self._cache: dict[int, tuple] | None = {} if cache else None
@@ -413,11 +429,29 @@ class CocoDataset(Dataset):
             if sem.shape != (h, w):
                 raise BadImageError(f"semantic mask {path} is {sem.shape} but its image is ({h}, {w})", path=str(path),
                                     reason=f"semantic mask of shape {sem.shape}, image ({h}, {w})")
-            return _resize_nearest(sem, size)
-        sem = np.zeros(size, dtype=np.uint8)
-        order = np.argsort([-m.sum() for m in masks]) if len(masks) else []
-        for i in order:  # small objects painted last, so they stay visible where they overlap big ones
-            sem[masks[i]] = labels[i] + 1
+            sem = _resize_nearest(sem, size)
+            return sem if self._semantic_lut is None else self._mapped(sem, path, masks, labels)
+        return self._painted(masks, labels, image_id, size)
+
+    def _mapped(self, sem: np.ndarray, path: Path, masks: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """A PNG's values through ``semantic_values``; ``object`` pixels take the class of the instance painted
+        there, else the image's largest instance's (trimaps run a little past the polygons); no instance: ignore."""
+        lut = self._semantic_lut
+        unknown = np.unique(sem[lut[sem] == UNMAPPED])
+        if len(unknown):
+            raise DatasetError(f"semantic mask {path}: value(s) {unknown.tolist()} not in data.semantic_values "
+                               f"{sorted(int(v) for v in np.flatnonzero(lut != UNMAPPED))}")
+        out = lut[sem]
+        objects = out == OBJECT
+        if objects.any():
+            painted = _paint(masks, labels, sem.shape)
+            fallback = labels[int(np.argmax(masks.reshape(len(masks), -1).sum(1)))] + 1 if len(masks) else IGNORE_INDEX
+            out[objects] = np.where(painted[objects] > 0, painted[objects], fallback)
+        return out.astype(np.uint8)
+
+    def _painted(self, masks: np.ndarray, labels: np.ndarray, image_id: int, size: tuple[int, int]) -> np.ndarray:
+        """The semantic map the instance masks paint (crowd regions ignored)."""
+        sem = _paint(masks, labels, size)
         for a in self.coco.imgToAnns.get(image_id, []):
             if a.get("iscrowd", 0):
                 sem[_resize_nearest(self.coco.annToMask(a), size).astype(bool)] = IGNORE_INDEX
@@ -457,6 +491,13 @@ class CocoDataset(Dataset):
             label = self.coco.imgs[image_id].get(self.image_label_key)
             if label is not None:
                 sample["label"] = int(label)
+        tags = self._tags.get(self.coco.imgs[image_id]["file_name"])
+        if tags is not None:
+            label, attributes = tags
+            if label >= 0:
+                sample["label"] = label
+            if attributes:
+                sample["attributes"] = dict(attributes)
         return sample
 
     def _mosaic_sample(self, index: int, raw: tuple, rng: np.random.Generator) -> Sample:
@@ -495,6 +536,40 @@ class CocoDataset(Dataset):
         if out.get("keypoints") is not None:
             sample["keypoints"] = torch.from_numpy(out["keypoints"])
         return sample
+
+
+def _paint(masks: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(size) uint8: class + 1 where an instance mask lies, 0 elsewhere."""
+    sem = np.zeros(size, dtype=np.uint8)
+    order = np.argsort([-m.sum() for m in masks]) if len(masks) else []
+    for i in order:  # small objects painted last, so they stay visible where they overlap big ones
+        sem[masks[i]] = labels[i] + 1
+    return sem
+
+
+UNMAPPED, OBJECT = 256, 257  # look-up-table codes: a value the map lacks; a pixel of the object there
+
+
+def semantic_lut(values: Mapping[Any, Any] | None, semantic_dir: Path | None) -> np.ndarray | None:
+    """``data.semantic_values`` ({PNG value: class}) as a 256-entry table: a class id (0 background, k the
+    k-th object class, 255 ignore) or ``object`` (the class of the object there: a foreground/background
+    map such as a pet trimap beside per-object classes); None when there is no map."""
+    if not values:
+        return None
+    if semantic_dir is None:
+        raise DatasetError("data.semantic_values is set but there is no semantic_dir (data.semantic_dir) to map")
+    lut = np.full(256, UNMAPPED, dtype=np.int32)
+    for raw, target in values.items():
+        key = f"data.semantic_values.{raw}"
+        if not (isinstance(raw, int) or str(raw).isdigit()) or not 0 <= int(raw) <= 255:
+            raise DatasetError(f"{key}: the keys are PNG values 0..255, got {raw!r}")
+        if target == "object":
+            lut[int(raw)] = OBJECT
+        elif isinstance(target, int) and not isinstance(target, bool) and 0 <= target <= 255:
+            lut[int(raw)] = target
+        else:
+            raise DatasetError(f"{key}: a class id 0..255 (0 background, 255 ignore) or 'object', got {target!r}")
+    return lut
 
 
 def mask_coverage(masks: torch.Tensor | np.ndarray, stride: int) -> torch.Tensor:

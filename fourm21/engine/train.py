@@ -114,13 +114,18 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     if resume_from:
         with open_dict(cfg):
             cfg.ckpt_path = resume_from  # `last` -> the file, which check_config compares with this config
-    for name, why in heads_follow_data(cfg, heads_enabled_on_command_line()).items():
+    explicit = heads_enabled_on_command_line()
+    for name, why in heads_follow_data(cfg, explicit).items():
         if rank_zero_only.rank == 0:
             print(f"fourm21: head '{name}' switched off: {why}", flush=True)
     check_config(cfg)
     setup_runtime(cfg)
     datamodule = instantiate(cfg.data.datamodule)
     fill_from_data(cfg, datamodule)
+    for name, why in heads_follow_data(cfg, explicit).items():  # sizes the data filled in may be 0 too
+        if rank_zero_only.rank == 0:
+            print(f"fourm21: head '{name}' switched off: {why}", flush=True)
+    check_config(cfg)
     attach_unlabelled(cfg, datamodule)
     if rank_zero_only.rank == 0:  # under DDP every process runs this script, in the same run dir
         save_config(cfg, run_dir)  # with what the data filled in (class counts, attribute groups)

@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,10 +107,14 @@ class Fourm21Model:
         return cached
 
     def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 16,
-                img_size: int | None = None, captions: Sequence[str] | None = None) -> list[dict[str, torch.Tensor]]:
+                img_size: int | None = None, captions: Sequence[str] | None = None,
+                output: str = "dict") -> list[Any]:
         """Predictions per image: boxes (N, 4) xyxy, scores, labels, masks (N, H, W) bool, semantic (H, W),
         class_probs (K,), class_label, class_topk, attr.<group>.probs / .label, label_probs / label_set
-        — whatever the model's heads produce. ``captions`` (one per image) feed a caption-fused head."""
+        — whatever the model's heads produce. ``captions`` (one per image) feed a caption-fused head.
+        ``output="supervision"``: one ``supervision.Detections`` per image instead (``fourm21.api.to_supervision``)."""
+        if output not in ("dict", "supervision"):
+            raise ConfigError(f"output: 'dict' or 'supervision', got {output!r}")
         if isinstance(images, str | Path | Image.Image | np.ndarray):
             images = [images]
         if captions is not None and len(captions) != len(images):
@@ -118,6 +123,9 @@ class Fourm21Model:
         for start in range(0, len(images), batch_size):
             texts = captions[start:start + batch_size] if captions is not None else None
             results += self._predict_batch(images[start:start + batch_size], img_size, texts)
+        if output == "supervision":
+            from fourm21.inference.supervision import to_detections
+            return [to_detections(p, self.meta, self.settings) for p in results]
         return results
 
     def predict_video(self, source: VideoSource, batch_size: int = 1, img_size: int | None = None,

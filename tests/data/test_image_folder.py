@@ -100,6 +100,8 @@ def test_bad_trees_and_configs_are_one_line(tmp_path):
     res = _train(["experiment=image_folder", f"data.root={tmp_path / 'nowhere'}"], tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "data.root" in res.stderr and "nowhere" in res.stderr
-    # the data config alone counts the classes too; the dense heads it cannot feed point at the experiment
-    res = _train(["data=image_folder", f"data.root={tree(tmp_path / 'tree', per_class=1, val=False)}"], tmp_path)
-    assert res.returncode == 2 and "Traceback" not in res.stderr and "experiment=image_folder" in res.stderr
+    # the data config alone: the dense heads it cannot feed are switched off, and the missing val/ is the error
+    root = tree(tmp_path / 'tree', per_class=1, val=False)
+    res = _train(["data=image_folder", f"data.root={root}"], tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "head 'det' switched off" in res.stdout
+    assert res.stderr.strip().count("\n") == 0 and "data.root: no folder" in res.stderr and "val" in res.stderr

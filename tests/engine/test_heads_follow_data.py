@@ -43,7 +43,7 @@ def test_heads_without_labels_are_switched_off():
     assert off == {"det": NO_BOXES, "inst": "it needs head 'det', which is off", "sem": NO_BOXES}
     assert _enabled(cfg) == ["cls"]
     check_config(cfg)  # what stopped the run before passes now
-    cfg = _compose(["data=yolo", "data.root=."])
+    cfg = _compose(["data=yolo", "data.root=.", "data.num_image_classes=0"])  # as the data fills it without a CSV
     assert heads_follow_data(cfg) == {"cls": "data 'yolo' has no labels for it (data.num_image_classes is 0)"}
     assert _enabled(cfg) == ["det", "inst", "sem"]
     cfg = _compose([])  # shapes labels every default head

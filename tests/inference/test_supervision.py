@@ -15,6 +15,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 import fourm21
+import fourm21.errors
 from fourm21.api import to_supervision, to_supervision_keypoints
 from fourm21.inference.model import Fourm21Model
 from fourm21.inference.results import image_json, object_entries
@@ -70,6 +71,18 @@ def test_detections_are_predict_and_its_json(trained):
         assert det.tracker_id is None and "keypoints" not in det.data
         assert det.metadata["classification"] == image["classification"]
         assert det.metadata["classification"]["class_name"] in model.image_class_names
+
+
+def test_predict_output_supervision_and_the_top_level_function(trained):
+    model, images, preds = trained
+    dets = model.predict(images, output="supervision")
+    assert len(dets) == len(images) and all(isinstance(d, sv.Detections) for d in dets)
+    for det, pred in zip(dets, preds):
+        top = fourm21.to_supervision(pred, model)
+        assert np.array_equal(det.xyxy, top.xyxy) and np.array_equal(det.class_id, top.class_id)
+        assert np.array_equal(det.mask, top.mask) and det.metadata == top.metadata
+    with pytest.raises(fourm21.errors.ConfigError, match="output: 'dict' or 'supervision'"):
+        model.predict(images, output="sv")
 
 
 def test_supervision_tools_take_the_detections(trained):
