@@ -7,6 +7,7 @@ checkpoint on a data set (``check_data_matches``, ``stored_data_config``).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,9 +82,16 @@ def describe_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, Any])
     return "; ".join(parts) or None
 
 
+_UNUSED_BRANCH = re.compile(r"^(model\.|ema\.module\.)?(neck|fusion)\.")  # the network's neck / fusion tensors
+
+
 def load_state(module: torch.nn.Module, state: Mapping[str, Any], source: str | Path, what: str = "") -> None:
-    """``module.load_state_dict(state)``, or a CheckpointError naming ``source`` and the differences."""
-    detail = describe_mismatch(module.state_dict(), state)
+    """``module.load_state_dict(state)``, or a CheckpointError naming ``source`` and the differences. A file from
+    before image-level-only networks dropped their unused neck and fusion loads without those tensors."""
+    own = module.state_dict()
+    if not any(_UNUSED_BRANCH.search(k) for k in own):
+        state = {k: v for k, v in state.items() if k in own or not _UNUSED_BRANCH.search(k)}
+    detail = describe_mismatch(own, state)
     if detail:
         raise CheckpointError(f"{source} does not match the model built from {what or 'its config'}: {detail}")
     module.load_state_dict(state)

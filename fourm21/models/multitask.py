@@ -23,17 +23,20 @@ from fourm21.models.neck import FpnPan
 
 
 class MultiTaskNet(nn.Module):
-    def __init__(self, backbone: TimmBackbone, neck: FpnPan, heads: Mapping[str, Head],
+    def __init__(self, backbone: TimmBackbone, neck: FpnPan | None, heads: Mapping[str, Head],
                  fusion: ContextFusion | None = None, channels_last: bool = False) -> None:
+        """``neck`` None: no head reads the neck (image-level heads only), so there is no neck, and no fusion."""
         super().__init__()
         self.channels_last = channels_last
         # the neck may start at a coarser level than the backbone's finest (``neck.skip_unused``)
-        self.neck_first = backbone.strides.index(neck.strides[0])
+        self.neck_first = backbone.strides.index(neck.strides[0]) if neck is not None else 0
         self.backbone = backbone
         self.neck = neck
         self.heads = nn.ModuleDict(heads)
         self.fusion = fusion
         for name, head in self.heads.items():
+            if head.source == "neck" and neck is None:
+                raise ConfigError(f"model.heads.{name}: reads the neck, but the network was built without one")
             missing = [s for s in head.strides if s not in neck.strides] if head.source == "neck" else []
             if missing:
                 raise ConfigError(f"model.heads.{name}.strides: {missing} not among the neck's strides {neck.strides} "
@@ -56,6 +59,8 @@ class MultiTaskNet(nn.Module):
         for name, head in self.heads.items():
             if head.source == "backbone":
                 out[name] = head(feats, text=caption_tokens) if head.uses_text else head(feats)
+        if self.neck is None:  # image-level heads only: no dense maps to compute
+            return out
         dense = self.neck(feats[self.neck_first:])
         if self.fusion is not None:
             context = next((out[n]["logits"] for n, h in self.heads.items() if h.fusion_context and n in out), None)
@@ -91,7 +96,10 @@ def build_model(cfg: DictConfig | Mapping) -> MultiTaskNet:
     neck_cfg = OmegaConf.to_container(_key(cfg, "neck", "model"), resolve=True)
     first = _first_neck_level(cfg, backbone.strides) if _key(neck_cfg, "skip_unused", "model.neck") else 0
     neck_cfg.pop("skip_unused")
-    neck = FpnPan(backbone.channels[first:], backbone.strides[first:], **neck_cfg)
+    dense = any(h is not None and h.get("enabled", True) and get_class(h["_target_"]).source == "neck"
+                for h in cfg.heads.values() if h is not None and "_target_" in h)
+    # no head reads the neck (a classification or attribute model): neither neck nor fusion is built or run
+    neck = FpnPan(backbone.channels[first:], backbone.strides[first:], **neck_cfg) if dense else None
     heads: dict[str, Head] = {}
     for name, hcfg in cfg.heads.items():
         if hcfg is None or not hcfg.get("enabled", True):
@@ -104,7 +112,7 @@ def build_model(cfg: DictConfig | Mapping) -> MultiTaskNet:
             head_cls = get_class(params["_target_"])
         except Exception as e:  # hydra wraps import errors; name the key instead
             raise ConfigError(f"model.heads.{name}._target_: cannot import '{params['_target_']}' ({e})") from None
-        in_channels = list(backbone.channels) if head_cls.source == "backbone" else neck.channels
+        in_channels = list(backbone.channels) if head_cls.source == "backbone" or neck is None else neck.channels
         try:
             head = instantiate(params, in_channels=in_channels)
         except InstantiationException as e:  # hydra wraps the head's own one-line ConfigError: raise that
@@ -115,7 +123,7 @@ def build_model(cfg: DictConfig | Mapping) -> MultiTaskNet:
         heads[name] = head
     fusion = None
     fcfg = _key(cfg, "fusion", "model")
-    if _key(fcfg, "enabled", "model.fusion"):
+    if _key(fcfg, "enabled", "model.fusion") and neck is not None:
         context = [h.num_classes for h in heads.values() if h.fusion_context]
         num_cls = context[0] if context and _key(fcfg, "use_class_probs", "model.fusion") else 0
         fusion = ContextFusion(backbone.channels[-1], neck.channels, len(neck.strides), num_cls,

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from fourm21.errors import ConfigError
+from fourm21.errors import CheckpointError, ConfigError
+from fourm21.inference.checkpoints import load_state
 from fourm21.inference.decode import DecodeSettings, decode
 from fourm21.models.multitask import build_model
 from tests.conftest import TINY_CONVNEXT, TINY_VIT, model_config
@@ -33,6 +34,29 @@ def test_every_head_output_shape(backbone):
 def test_heads_can_be_disabled_by_config():
     model = build_model(model_config(**{"heads.inst.enabled": False, "heads.sem.enabled": False}))
     assert set(model(torch.randn(1, 3, 64, 64))) == {"cls", "det"}
+
+
+def test_image_level_heads_alone_build_and_run_no_neck():
+    """A classification (or attribute) model has no dense head: no neck or fusion is built or run, and the
+    weights of one built before (with a neck and fusion nobody read) still load."""
+    image_only = {"heads.det.enabled": False, "heads.inst.enabled": False, "heads.sem.enabled": False}
+    torch.manual_seed(0)
+    net = build_model(model_config(**image_only))
+    assert net.neck is None and net.fusion is None
+    assert not any(k.startswith(("neck.", "fusion.")) for k in net.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    out = net(x)
+    assert set(out) == {"cls"} and out["cls"]["logits"].shape == (2, 4)
+    out["cls"]["logits"].sum().backward()
+    assert all(p.grad is not None for p in net.heads.parameters())
+    full = build_model(model_config())  # as such a model was built before: every tensor, heads off included
+    old = {k: v for k, v in full.state_dict().items() if not k.startswith(("heads.det", "heads.inst", "heads.sem"))}
+    old.update({k: v for k, v in net.state_dict().items() if k.startswith("heads.cls")})
+    load_state(net, old, "old.ckpt")
+    loaded = net.backbone.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in full.backbone.state_dict().items())  # the file's weights
+    with pytest.raises(CheckpointError, match="unexpected"):  # a dense head's tensors are still a mismatch
+        load_state(net, {**old, "heads.det.x": torch.zeros(1)}, "old.ckpt")
 
 
 def test_head_strides_must_exist_in_the_neck():
