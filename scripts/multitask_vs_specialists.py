@@ -143,8 +143,7 @@ def bench(args: argparse.Namespace) -> None:
             val = dm.val_set
             photo = str(val.img_dir / val.coco.imgs[val.ids[0]]["file_name"])  # a real photo, as a user feeds it
         module = MultiTaskModule.from_config(cfg)
-        optimiser = module.configure_optimizers()
-        optimiser = optimiser["optimizer"] if isinstance(optimiser, dict) else optimiser
+        optimiser = instantiate(cfg.optim.optimizer)(list(module.parameters()))  # as training's, without a Trainer
         modules[name] = (module, optimiser)
         models[name] = Fourm21Model.from_net(module.model.eval(), OmegaConf.to_container(cfg.model, resolve=True),
                                              {"img_size": int(cfg.data.img_size), **module.hparams.meta})
