@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -103,17 +102,6 @@ def train(args: argparse.Namespace) -> None:
         print(f"| {r['run']} | " + " | ".join(cells) + f" | {r['train_s']:.0f} |")
 
 
-def cpu_name() -> str:
-    """lscpu's model name (the figures depend on it: AMX, AVX-512 BF16 ...)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def bench(args: argparse.Namespace) -> None:
     import torch
     from hydra import compose, initialize_config_dir
@@ -121,7 +109,7 @@ def bench(args: argparse.Namespace) -> None:
     from omegaconf import OmegaConf
 
     from fourm21.data.collate import collate_samples
-    from fourm21.engine.common import CONFIG_DIR
+    from fourm21.engine.common import CONFIG_DIR, cpu_model
     from fourm21.engine.train import fill_from_data
     from fourm21.inference.model import Fourm21Model
     from fourm21.tasks import head_losses
@@ -169,7 +157,7 @@ def bench(args: argparse.Namespace) -> None:
                 fn(name)
                 if i >= args.warmup:
                     times[(name, stage)].append(time.perf_counter() - t0)
-    common = {"cpu": cpu_name(), "threads": args.threads,
+    common = {"cpu": cpu_model(), "threads": args.threads,
               "load_1m": round(os.getloadavg()[0], 2), "batch": int(batch["image"].shape[0])}
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
     for (name, stage), ms in med.items():

@@ -40,7 +40,8 @@ def cpu_has_bf16() -> bool:
     return bool(probe and probe())
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """lscpu's model name of this CPU (what the precision probe's cache and the benchmarks are keyed by)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -93,7 +94,7 @@ def cpu_bf16_faster() -> bool:
     if not cpu_has_bf16():
         return False
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fourm21" / "cpu_bf16.json"
-    key = f"{_cpu_model()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    key = f"{cpu_model()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
