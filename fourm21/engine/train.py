@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
 from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of, save_config, setup_runtime
-from fourm21.engine.validate_config import check_config, heads_follow_data
+from fourm21.engine.validate_config import check_config, check_heads, heads_follow_data
 from fourm21.errors import ConfigError
 from fourm21.tasks import tasks_of_config
 from fourm21.training.callbacks import NonFiniteGuard
@@ -107,6 +107,13 @@ def heads_enabled_on_command_line() -> set[str]:
     return names
 
 
+def switch_off_unlabelled_heads(cfg: DictConfig, explicit: set[str]) -> None:
+    """``heads_follow_data`` with its one printed line per head switched off (rank 0)."""
+    for name, why in heads_follow_data(cfg, explicit).items():
+        if rank_zero_only.rank == 0:
+            print(f"fourm21: head '{name}' switched off: {why}", flush=True)
+
+
 def run_train(cfg: DictConfig) -> dict[str, float]:
     """Train, evaluate, report. Returns the report's metrics."""
     run_dir = run_dir_of(cfg)
@@ -115,17 +122,13 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
         with open_dict(cfg):
             cfg.ckpt_path = resume_from  # `last` -> the file, which check_config compares with this config
     explicit = heads_enabled_on_command_line()
-    for name, why in heads_follow_data(cfg, explicit).items():
-        if rank_zero_only.rank == 0:
-            print(f"fourm21: head '{name}' switched off: {why}", flush=True)
+    switch_off_unlabelled_heads(cfg, explicit)
     check_config(cfg)
     setup_runtime(cfg)
     datamodule = instantiate(cfg.data.datamodule)
     fill_from_data(cfg, datamodule)
-    for name, why in heads_follow_data(cfg, explicit).items():  # sizes the data filled in may be 0 too
-        if rank_zero_only.rank == 0:
-            print(f"fourm21: head '{name}' switched off: {why}", flush=True)
-    check_config(cfg)
+    switch_off_unlabelled_heads(cfg, explicit)  # sizes the data filled in may be 0 too
+    check_heads(cfg)  # only the heads: paths and the resume checkpoint were checked above
     attach_unlabelled(cfg, datamodule)
     if rank_zero_only.rank == 0:  # under DDP every process runs this script, in the same run dir
         save_config(cfg, run_dir)  # with what the data filled in (class counts, attribute groups)

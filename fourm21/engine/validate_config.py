@@ -38,7 +38,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.get("data") is not None:
         _check_data(cfg.data)
     if cfg.get("model") is not None:
-        _check_heads(cfg)
+        check_heads(cfg)
         if cfg.get("ckpt_path") and cfg.get("task_name", "train") == "train":  # resuming training
             from fourm21.inference.checkpoints import check_resume
             to = lambda c: OmegaConf.to_container(c, resolve=True) if c is not None else None  # noqa: E731
@@ -166,7 +166,8 @@ def _check_data(data: DictConfig) -> None:
                 raise DatasetError(f"data.{key}: {value} does not exist")
 
 
-def _check_heads(cfg: DictConfig) -> None:
+def check_heads(cfg: DictConfig) -> None:
+    """The enabled heads' strides against the image size and each head's own keys (its task's check)."""
     heads = cfg.model.get("heads") or {}
     enabled = {name: h for name, h in heads.items() if h is not None and h.get("enabled", True)}
     strides = []
