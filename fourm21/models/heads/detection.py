@@ -31,7 +31,8 @@ class DetectionHead(Head):
     def __init__(self, in_channels: int, num_classes: int, strides: list[int], num_convs: int = 2,
                  prior_prob: float = 0.01, range_mult: float = 4.0, center_radius: float = 1.5,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, score_thr: float = 0.05,
-                 iou_thr: float = 0.6, max_det: int = 100, pre_nms_topk: int = 1000) -> None:
+                 iou_thr: float = 0.6, max_det: int = 100, pre_nms_topk: int = 1000, separable: bool = False,
+                 pred_kernel: int = 3) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.strides = list(strides)
@@ -40,11 +41,12 @@ class DetectionHead(Head):
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.score_thr, self.iou_thr, self.max_det, self.pre_nms_topk = score_thr, iou_thr, max_det, pre_nms_topk
         c = in_channels
-        self.cls_tower = nn.Sequential(*[conv_norm_act(c, c) for _ in range(num_convs)])
-        self.reg_tower = nn.Sequential(*[conv_norm_act(c, c) for _ in range(num_convs)])
-        self.cls_pred = nn.Conv2d(c, num_classes, 3, padding=1)
-        self.box_pred = nn.Conv2d(c, 4, 3, padding=1)
-        self.ctr_pred = nn.Conv2d(c, 1, 3, padding=1)
+        self.cls_tower = nn.Sequential(*[conv_norm_act(c, c, separable=separable) for _ in range(num_convs)])
+        self.reg_tower = nn.Sequential(*[conv_norm_act(c, c, separable=separable) for _ in range(num_convs)])
+        k = pred_kernel
+        self.cls_pred = nn.Conv2d(c, num_classes, k, padding=k // 2)
+        self.box_pred = nn.Conv2d(c, 4, k, padding=k // 2)
+        self.ctr_pred = nn.Conv2d(c, 1, k, padding=k // 2)
         self.scales = nn.Parameter(torch.ones(len(self.strides)))
         nn.init.constant_(self.cls_pred.bias, -math.log((1 - prior_prob) / prior_prob))
 

@@ -19,15 +19,16 @@ class InstanceMaskHead(Head):
 
     def __init__(self, in_channels: int, strides: list[int], num_protos: int = 16,
                  proto_channels: int = 64, num_convs: int = 1, mask_thr: float = 0.5, max_pos: int = 512,
-                 dice_weight: float = 1.0) -> None:
+                 dice_weight: float = 1.0, separable: bool = False, pred_kernel: int = 3) -> None:
         super().__init__()
         self.strides = list(strides)  # levels for coefficients: must equal the detection head's
         self.mask_thr, self.max_pos, self.dice_weight = mask_thr, max_pos, dice_weight
         self.proto_net = nn.Sequential(
-            conv_norm_act(in_channels, proto_channels), nn.Upsample(scale_factor=2, mode="nearest"),
-            conv_norm_act(proto_channels, proto_channels), nn.Conv2d(proto_channels, num_protos, 1))
-        self.coef_tower = nn.Sequential(*[conv_norm_act(in_channels, in_channels) for _ in range(num_convs)])
-        self.coef_pred = nn.Conv2d(in_channels, num_protos, 3, padding=1)
+            conv_norm_act(in_channels, proto_channels, separable=separable), nn.Upsample(scale_factor=2, mode="nearest"),
+            conv_norm_act(proto_channels, proto_channels, separable=separable), nn.Conv2d(proto_channels, num_protos, 1))
+        self.coef_tower = nn.Sequential(*[conv_norm_act(in_channels, in_channels, separable=separable)
+                                          for _ in range(num_convs)])
+        self.coef_pred = nn.Conv2d(in_channels, num_protos, pred_kernel, padding=pred_kernel // 2)
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """feats at ``strides`` -> proto (B, K, Hp, Wp), coefs (B, L, K)."""
