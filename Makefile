@@ -33,12 +33,15 @@ lint: install
 docs: install
 	$(BIN)/mkdocs build --strict
 
-# pytest exits 5 when it collects no test; make treats any non-zero exit as failure.
+# pytest exits 5 when it collects no test; make treats any non-zero exit as failure. -n: pytest-xdist, one
+# worker per core (at most 4: each holds its own torch), each worker and the CLIs it starts on one thread
+# (tests/conftest.py); ARGS="-n 0" runs them in this process.
+XDIST := -n auto --maxprocesses=4
 test: install lint docs
-	$(BIN)/python -m pytest -m "not slow" -q $(ARGS)
+	$(BIN)/python -m pytest -m "not slow" -q $(XDIST) $(ARGS)
 
 test-all: install lint docs
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(ARGS)
 
 clean:
 	rm -rf runs outputs .pytest_cache .ruff_cache

@@ -23,9 +23,16 @@ TINY_VIT = {"name": "vit_tiny_patch16_224", "pretrained": False, "checkpoint": N
             "img_size": 64, "drop_path_rate": 0.0, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2}
 
 
+# Under pytest-xdist (``make test`` runs one worker per core) each worker and the CLIs it starts get one
+# thread, so the workers do not fight over the cores; run alone, a test gets the machine's two.
+TEST_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if TEST_THREADS == 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the CLI subprocesses
+
+
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope="session")
