@@ -1,4 +1,4 @@
-"""Training-step cost of fourm21 (lite and default, all four heads) against YOLOv8n-seg, part by part.
+"""Training-step cost of fourm21 (lite and default, all four heads) against YOLO26n-seg, YOLO11n-seg, YOLOv8n-seg.
 
 Prints one JSON line per (model, part), then a ``summary`` line. Every model is timed in the same run,
 on one device, at one input size and batch, with random weights, on the same images:
@@ -7,9 +7,13 @@ on one device, at one input size and batch, with random weights, on the same ima
                  ``experiment=coco`` (its det/sem levels, 80 classes) plus the classification head
                  (``model.heads.cls.enabled=true data.num_image_classes=10``); COCO has no image-level
                  class, so the pre-collated batches get random ones (``cls_labels: synthetic``)
-  yolov8n-seg    ultralytics' own model (built from its yaml, nothing downloaded), loss (v8SegmentationLoss)
-                 and data set (YOLODataset, its default train augmentation: mosaic, affine, HSV, flip),
-                 on the same images converted to YOLO-seg labels (``coco_to_yolo.py``); a ``skipped`` line
+  yolo26n-seg, yolo11n-seg, yolov8n-seg
+                 ultralytics' own model (built from its ``<name>.yaml``, nothing downloaded), its own loss
+                 (the model's criterion, ``model.loss``: YOLO26n-seg's one-to-many + one-to-one ``E2ELoss`` over
+                 ``SegmentLoss26``, ``v8SegmentationLoss`` for the other two) and its own data set (YOLODataset,
+                 its default train augmentation: mosaic, affine, HSV, flip), on the same images converted to
+                 YOLO-seg labels (``coco_to_yolo.py``); AdamW(lr=1e-3, wd=5e-4) for all (ultralytics' ``auto``
+                 optimizer picks AdamW too, and MuSGD past 10,000 iterations); a ``skipped`` line per model
                  when ultralytics is not importable (it is no dependency of fourm21)
 
 Parts (``ms_per_batch`` is the median over ``--iters`` timed iterations after ``--warmup``):
@@ -32,7 +36,7 @@ Parts (``ms_per_batch`` is the median over ``--iters`` timed iterations after ``
              graph retained between heads). ``det`` includes the FCOS assignment (``assign_ms`` times it
              alone) whose ``det_matched`` ``inst`` reuses. The heads' backwards each traverse the shared
              trunk, so they add up to more than ``backward``. YOLO: ``loss.seg``, its one criterion
-             (assignment, box, cls, DFL and mask losses)
+             (assignment, box, cls, DFL and mask losses; YOLO26: both heads' assignments and losses)
 
 Peak memory: on a CPU the process's RSS, sampled every 2 ms in a thread during the part (ru_maxrss
 cannot be reset per part), from one extra untimed round after the timed ones in which glibc's free heap
@@ -41,14 +45,16 @@ one process, so ``mem_delta_mb``, peak minus the RSS when the part began, is the
 CUDA ``max_memory_allocated`` / its growth over the part, reset per part.
 
 Models are timed round-robin (each iteration runs every part of every model once), so machine noise
-hits all alike; the load average is recorded at the start and the end.
+hits all alike; the load average is recorded at the start and the end. The ``summary`` line gives, for
+each fourm21 model and each ultralytics model timed, ``<fourm21>_vs_<peer>_step`` (and ``_data``,
+``_data_decode``): fourm21's img/s over the peer's (above 1: fourm21 is faster).
 
 Data: ``--data`` (default ../shared/data/coco-mini next to the repository, the COCO 2017 layout);
 when that folder is absent, or with ``--data synthetic``, a small synthetic COCO folder is written
 (JPEGs with Poisson(7.3) polygon instances per image, as COCO's average) and used the same way.
 
     python scripts/bench_train.py --device cpu --size 320 --batch 16 --threads 1 --iters 5 --warmup 1
-    PYTHONPATH=/tmp/ultra python scripts/bench_train.py --models lite default yolov8n-seg
+    PYTHONPATH=/tmp/ultra python scripts/bench_train.py --models lite default yolo26n-seg yolov8n-seg
     python scripts/bench_train.py --smoke --models lite default        # seconds: 64 px, batch 2, 1 iteration
 """
 
@@ -75,13 +81,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu_latency import emit, machine  # noqa: E402
+from bench_cpu_latency import code_state, emit, machine  # noqa: E402
 from coco_to_yolo import convert, offline_ultralytics  # noqa: E402
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would ask PyPI for a newer version
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "coco-mini"
-MODELS = ("lite", "default", "yolov8n-seg")
+PEERS = ("yolo26n-seg", "yolo11n-seg", "yolov8n-seg")  # ultralytics' <name>.yaml
+MODELS = ("lite", "default", *PEERS)
 CONFIGS = {"lite": "lite", "default": "multitask"}  # fourm21 model name -> fourm21/configs/model/<name>.yaml
 NUM_IMAGE_CLASSES = 10
 CLIP_NORM = 10.0  # fourm21/configs/trainer/cpu.yaml gradient_clip_val; ultralytics' optimizer_step max_norm
@@ -119,18 +126,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.size % 32:
         p.error("--size must be a multiple of 32 (the coarsest stride of every model)")
     return args
-
-
-def code_state() -> dict:
-    """The commit timed, and which files of the package and configs differ from it (work in progress)."""
-    import subprocess
-
-    def git(*cmd: str) -> str:
-        res = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=30)
-        return res.stdout if res.returncode == 0 else ""
-
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "fourm21").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD").strip() or None, "changed_files": changed}
 
 
 def load_average() -> list[float] | None:
@@ -485,13 +480,17 @@ def import_ultralytics(config_dir: Path) -> str | None:
     return None
 
 
-def yolo_bench(args: argparse.Namespace, root: Path, tmp: Path, device: torch.device, meter: Meter) -> Bench:
+def yolo_bench(name: str, args: argparse.Namespace, root: Path, tmp: Path, device: torch.device,
+               meter: Meter) -> Bench:
+    """ultralytics' ``<name>.yaml`` model with its own criterion and data set (the images converted once)."""
     from ultralytics import YOLO
     from ultralytics.cfg import get_cfg
     from ultralytics.data.build import build_yolo_dataset
     from ultralytics.utils import DEFAULT_CFG
 
-    data_yaml = convert(root, tmp / "yolo_data")
+    data_yaml = tmp / "yolo_data" / "data.yaml"
+    if not data_yaml.is_file():
+        convert(root, tmp / "yolo_data")
     names = [line.split(": ", 1)[1] for line in data_yaml.read_text().splitlines() if line.startswith("  ")]
     data = {"path": data_yaml.parent, "train": str(data_yaml.parent / "images" / "train2017"),
             "names": {i: json.loads(n) for i, n in enumerate(names)}, "nc": len(names), "channels": 3}
@@ -500,12 +499,14 @@ def yolo_bench(args: argparse.Namespace, root: Path, tmp: Path, device: torch.de
     random.seed(args.seed)
     np.random.seed(args.seed)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        model = YOLO("yolov8n-seg.yaml").model
+        model = YOLO(f"{name}.yaml").model
         dataset = build_yolo_dataset(hyp, data["train"], args.batch, data, mode="train", stride=32)
     model.nc, model.names, model.args = data["nc"], data["names"], hyp  # what its trainer attaches
     model = place(model, device, args.channels_last).train()
     for p in model.parameters():
         p.requires_grad_(True)
+    criterion = model.criterion = model.init_criterion()  # what model.loss builds on its first call
+    inner = getattr(criterion, "one2many", None)
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=5e-4)
     stream = IndexStream(len(dataset), args.batch, args.seed)
@@ -583,12 +584,13 @@ def yolo_bench(args: argparse.Namespace, root: Path, tmp: Path, device: torch.de
 
     import ultralytics
 
-    info = {"ultralytics": ultralytics.__version__, "config": "yolov8n-seg.yaml", "heads": ["seg"],
+    info = {"ultralytics": ultralytics.__version__, "config": f"{name}.yaml", "heads": ["seg"],
+            "criterion": type(criterion).__name__ + (f"({type(inner).__name__})" if inner is not None else ""),
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
             "num_classes": data["nc"], "mosaic": hyp.mosaic, "ram_buffer_images": dataset.max_buffer_length,
             "optimizer": "AdamW(lr=1e-3, wd=5e-4)"}
     data_parts = [data_part(False), data_part(True)]
-    return Bench("yolov8n-seg", [*data_parts, step, forward, phases, advance], step, info, data=data_parts)
+    return Bench(name, [*data_parts, step, forward, phases, advance], step, info, data=data_parts)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -638,16 +640,18 @@ def profile(bench: Bench, k: int, device: torch.device) -> None:
          "calls": e.count, "shapes": str(e.input_shapes)[:200]} for e in top]})
 
 
-def summary(all_lines: dict[str, dict[str, dict]]) -> dict:
+def summary(all_lines: dict[str, dict[str, dict]], peers: list[str]) -> dict:
+    """fourm21's img/s over each requested peer's (None where one was not timed), per-part shares."""
     def ratio(a: str, b: str, part: str, part_b: str | None = None) -> float | None:
         la, lb = all_lines.get(a, {}).get(part), all_lines.get(b, {}).get(part_b or part)
         return round(la["img_s"] / lb["img_s"], 3) if la and lb else None
 
     out: dict[str, Any] = {}
-    for m in CONFIGS:
-        out[f"{m}_vs_yolo_step"] = ratio(m, "yolov8n-seg", "step")
-        out[f"{m}_vs_yolo_data"] = ratio(m, "yolov8n-seg", "data")
-        out[f"{m}_vs_yolo_data_decode"] = ratio(m, "yolov8n-seg", "data", "data_decode")
+    for m in [m for m in CONFIGS if m in all_lines]:
+        for peer in peers:
+            out[f"{m}_vs_{peer}_step"] = ratio(m, peer, "step")
+            out[f"{m}_vs_{peer}_data"] = ratio(m, peer, "data")
+            out[f"{m}_vs_{peer}_data_decode"] = ratio(m, peer, "data", "data_decode")
     for m, lines in all_lines.items():
         step = lines.get("step")
         if not step:
@@ -672,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fourm21_bench_train_") as tmp_str:
         tmp = Path(tmp_str)
         root, data_desc = resolve_data(args, tmp)
-        yolo_skip = import_ultralytics(tmp / "yolo_config") if "yolov8n-seg" in args.models else None
+        yolo_skip = import_ultralytics(tmp / "yolo_config") if set(PEERS) & set(args.models) else None
         torch.set_num_threads(args.threads)  # after ultralytics' import, which sets thread counts of its own
         emit({"machine": machine(), "device": str(device), "threads": args.threads, "size": args.size,
               "batch": args.batch, "iters": args.iters, "warmup": args.warmup, "data": data_desc,
@@ -686,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
             elif yolo_skip:
                 emit({"model": name, "skipped": yolo_skip})
             else:
-                benches.append(yolo_bench(args, root, tmp, device, meter))
+                benches.append(yolo_bench(name, args, root, tmp, device, meter))
         for b in benches:
             emit({"model": b.name, "info": b.info})
             if args.data_only:
@@ -708,7 +712,8 @@ def main(argv: list[str] | None = None) -> int:
         all_lines = {b.name: report(b, args, device) for b in benches}
         for b in benches if args.profile > 0 else []:
             profile(b, args.profile, device)
-        emit({"summary": {**summary(all_lines), "timing_wall_s": round(wall, 1), "load_avg_end": load_average(),
+        peers = [m for m in args.models if m in PEERS]
+        emit({"summary": {**summary(all_lines, peers), "timing_wall_s": round(wall, 1), "load_avg_end": load_average(),
                           "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                           "data": data_desc["kind"]}})
     return 0
