@@ -1,4 +1,5 @@
-"""fourm21-eval: evaluate a checkpoint on a data set's val split; writes report.json, report.md and plots."""
+"""fourm21-eval: evaluate a checkpoint, or an export (the directory fourm21-export writes: ONNX, OpenVINO, f32 or
+int8), on a data set's val split; writes report.json, report.md and plots."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from fourm21.errors import ConfigError
 from fourm21.inference.checkpoints import check_data_matches, stored_data_config
 from fourm21.tasks import override_values
 from fourm21.training.evaluation import evaluate_module, load_module, print_summary
+from fourm21.training.exported import export_directory, export_source, load_export_module
 
 # a pick of one of these groups on the command line evaluates on the composed data config, not the checkpoint's
 DATA_GROUPS = ("data", "experiment")
@@ -72,15 +74,25 @@ def command_line_overrides() -> list[str]:
 
 
 def run_eval(cfg: DictConfig) -> dict[str, float]:
-    applied = use_checkpoint_data(cfg, stored_data_config(cfg.ckpt_path), command_line_overrides())
+    export = export_directory(cfg.ckpt_path)  # None: a checkpoint
+    # an export holds no data config (it would carry local paths): the data its checkpoint was trained with
+    source = cfg.ckpt_path if export is None else cfg.get("data_from") or export_source(export)
+    applied = use_checkpoint_data(cfg, stored_data_config(source) if source else None, command_line_overrides())
     if applied is not None and rank_zero_only.rank == 0:  # DDP's other processes run this too
         on_top = f", with {' '.join(applied)}" if applied else ""
-        print(f"fourm21-eval: data '{cfg.data.get('name')}' as the checkpoint was trained{on_top} "
+        which = "the checkpoint" if export is None else f"{source}, the checkpoint of this export,"
+        print(f"fourm21-eval: data '{cfg.data.get('name')}' as {which} was trained{on_top} "
               f"(data=... or experiment=... evaluates on other data)")
+    elif export is not None and rank_zero_only.rank == 0:
+        print(f"fourm21-eval: the export on data '{cfg.data.get('name')}' as composed (data_from=<its checkpoint> "
+              f"evaluates it on the data that was trained with)")
+    if export is not None and str(cfg.trainer.get("precision")) == "auto":  # it runs at its own precision
+        with open_dict(cfg):
+            cfg.trainer.precision = "32-true"  # and decoding in fp32, as fourm21.load decodes it
     check_config(cfg)
     setup_runtime(cfg)
     run_dir = run_dir_of(cfg)
-    module = load_module(cfg.ckpt_path)
+    module = load_module(cfg.ckpt_path) if export is None else load_export_module(export)
     module.decode_overrides = override_values(cfg)  # keys no head of this model takes are ignored
     check_data_matches(module.hparams.model, cfg.data, cfg.ckpt_path)
     datamodule = instantiate(cfg.data.datamodule)
