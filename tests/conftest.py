@@ -60,7 +60,7 @@ AUG = {"hflip": 0.5, "scale": (0.9, 1.1), "translate": 0.05, "affine_p": 0.5, "c
 
 TINY = ["data.generate.num_train=16", "data.generate.num_val=8", "data.datamodule.batch_size=8",
         "+model.backbone.dims=[16,32,48,64]", "+model.backbone.depths=[1,1,1,1]", "model.neck.channels=32",
-        "trainer.enable_model_summary=false",
+        "trainer.enable_model_summary=false", "plots=false",  # the runs that check plots turn them on
         "trainer.precision=32-true"]  # not auto: the same arithmetic on CPUs with and without AMX (CI has none)
 
 
@@ -79,7 +79,7 @@ def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     run_dir = tmp / "run"
     res = run_cli("fourm21-train", [*TINY, f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={run_dir}",
-                                    "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1"], tmp)
+                                    "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "plots=true"], tmp)
     assert res.returncode == 0, res.stderr[-3000:]
     return tmp, run_dir, res
 

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import TINY, run_cli
 
-ARGS = [*TINY, "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0"]
+ARGS = [*TINY, "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "plots=true"]
 
 
 @pytest.fixture(scope="module")
