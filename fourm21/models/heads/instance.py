@@ -23,9 +23,10 @@ class InstanceMaskHead(Head):
         super().__init__()
         self.strides = list(strides)  # levels for coefficients: must equal the detection head's
         self.mask_thr, self.max_pos, self.dice_weight = mask_thr, max_pos, dice_weight
+        sep = separable
         self.proto_net = nn.Sequential(
-            conv_norm_act(in_channels, proto_channels, separable=separable), nn.Upsample(scale_factor=2, mode="nearest"),
-            conv_norm_act(proto_channels, proto_channels, separable=separable), nn.Conv2d(proto_channels, num_protos, 1))
+            conv_norm_act(in_channels, proto_channels, separable=sep), nn.Upsample(scale_factor=2, mode="nearest"),
+            conv_norm_act(proto_channels, proto_channels, separable=sep), nn.Conv2d(proto_channels, num_protos, 1))
         self.coef_tower = nn.Sequential(*[conv_norm_act(in_channels, in_channels, separable=separable)
                                           for _ in range(num_convs)])
         self.coef_pred = nn.Conv2d(in_channels, num_protos, pred_kernel, padding=pred_kernel // 2)
