@@ -25,7 +25,6 @@ from fourm21.engine.common import CONFIG_DIR, friendly_errors, run_dir_of
 from fourm21.errors import ConfigError, DatasetError
 from fourm21.export import formats, int8
 from fourm21.inference.checkpoints import stored_data_config
-from fourm21.inference.decode import decode, split_images
 from fourm21.inference.loading import load
 from fourm21.inference.model import Fourm21Model
 from fourm21.inference.raw_outputs import CONSTANT_KEYS
@@ -78,10 +77,9 @@ def predictions(model: Fourm21Model, images: torch.Tensor) -> tuple[dict[str, to
     size = tuple(images.shape[-2:])
     with torch.no_grad():
         out = model.runner(model.network_input(images), None)
-    if model.runner.decoded:
-        return {}, split_images(out, len(images), size, model.settings)
-    flat = {f"{task}.{key}": t for task, raw in out.items() for key, t in raw.items() if key not in CONSTANT_KEYS}
-    return flat, decode(out, size, model.settings)
+    flat = {} if model.runner.decoded else \
+        {f"{task}.{key}": t for task, raw in out.items() for key, t in raw.items() if key not in CONSTANT_KEYS}
+    return flat, model.decode(out, len(images), size)
 
 
 def run_int8_export(cfg: DictConfig, model: Fourm21Model, img_size: int, export_dir: Path) -> tuple[dict, Path]:

@@ -87,6 +87,14 @@ class Fourm21Model:
         """``batch`` in the memory layout the runner takes fastest (channels-last for PyTorch on a CPU)."""
         return self.runner.network_input(batch) if isinstance(self.runner, TorchRunner) else batch
 
+    def decode(self, outputs: Any, batch: int, size: tuple[int, int], settings: DecodeSettings | None = None
+               ) -> list[dict[str, torch.Tensor]]:
+        """The runner's ``outputs`` for ``batch`` images of ``size`` -> one prediction dict per image on the network
+        input: split per image when the graph decoded inside (end-to-end), else decoded here."""
+        settings = settings or self.settings
+        return split_images(outputs, batch, size, settings) if self.runner.decoded else \
+            decode(outputs, size, settings)
+
     def set_thresholds(self, **values: float | int | None) -> None:
         """Change the decoding settings a head's task lets users set (``Task.overrides``): ``score_thr``,
         ``iou_thr``, ``max_det`` for detections, ``sem_label_stride`` (argmax on an (H/s, W/s) grid: faster
@@ -165,8 +173,7 @@ class Fourm21Model:
             mean, std = (torch.tensor(self.meta[k], dtype=torch.float32).view(3, 1, 1) * 255.0 for k in ("mean", "std"))
             batch = (batch.float() - mean.to(batch.device)) / std.to(batch.device)
         outputs = self.runner(batch, tokens)
-        preds = split_images(outputs, len(chunk), size, self.settings) if self.runner.decoded else \
-            decode(outputs, size, self.settings)
+        preds = self.decode(outputs, len(chunk), size)
         return [unletterbox({k: v.cpu() for k, v in p.items() if k != "locations"}, meta["orig_size"],
                             meta["scale"], self.settings) for p, (_, meta) in zip(preds, chunk)]
 

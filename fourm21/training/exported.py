@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from fourm21.inference.decode import DecodeSettings, decode, split_images
+from fourm21.inference.decode import DecodeSettings
 from fourm21.inference.loading import load_exported
 from fourm21.inference.model import Fourm21Model
 from fourm21.training.module import MultiTaskModule
@@ -77,8 +77,7 @@ class ExportedModule(MultiTaskModule):
         size, settings = tuple(images.shape[-2:]), self.decode_settings(None)
         with torch.no_grad():
             out = self.exported.runner(self.exported.network_input(images), batch.get("caption_tokens"))
-        preds = split_images(out, len(images), size, settings) if self.exported.runner.decoded else \
-            decode(out, size, settings)
+        preds = self.exported.decode(out, len(images), size, settings)
         if dataloader_idx < len(self.evaluators):
             self.evaluators[dataloader_idx].update(preds, batch)
         if batch_idx == 0:
