@@ -42,11 +42,18 @@ def decode_detections(raw: Mapping[str, torch.Tensor], image_size: tuple[int, in
     """Scores sqrt(class x centerness), the ``pre_nms_topk`` best per image, above ``score_thr``, per-class
     NMS within each image, at most ``max_det`` per image -> flat ``det_batch_index`` (K,), ``det_boxes``
     (K, 4) xyxy input pixels, ``det_scores``, ``det_labels``, ``det_locations`` (K,), sorted by score."""
-    scores = (raw["cls_logits"].float().sigmoid() * raw["centerness"].float().sigmoid()[..., None]).sqrt()
-    b, n_loc, n_cls = scores.shape
+    logits, ctr = raw["cls_logits"].float(), raw["centerness"].float()
+    b, n_loc, n_cls = logits.shape
     k = min(int(s["pre_nms_topk"]), n_loc * n_cls)
-    top_s, top_i = scores.reshape(b, n_loc * n_cls).topk(k, dim=1)  # (B, k)
-    loc, lab = top_i // n_cls, top_i % n_cls
+    # Two top-k's instead of one over every (location, class) pair, with the same result: a pair among the k
+    # best lies at one of the k locations whose best class scores highest (each location above it holds a
+    # better pair). At 640 px that sorts 80k pairs instead of 670k.
+    k_loc = min(k, n_loc)
+    loc_i = (logits.amax(-1).sigmoid() * ctr.sigmoid()).topk(k_loc, dim=1).indices  # (B, k_loc)
+    cand = torch.gather(logits, 1, loc_i[..., None].expand(b, k_loc, n_cls))
+    scores = (cand.sigmoid() * torch.gather(ctr, 1, loc_i).sigmoid()[..., None]).sqrt()
+    top_s, top_i = scores.reshape(b, k_loc * n_cls).topk(k, dim=1)  # (B, k)
+    loc, lab = torch.gather(loc_i, 1, top_i // n_cls), top_i % n_cls
     points = detection_points(raw, image_size, s["strides"])
     ltrb = torch.gather(raw["box_ltrb"].float(), 1, loc[..., None].expand(b, k, 4))
     boxes = decode_ltrb(points[loc], ltrb)

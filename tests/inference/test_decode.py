@@ -1,5 +1,6 @@
 """The one decoder: batched detections against a plain per-image reference, settings from net and config."""
 
+import pytest
 import torch
 from torchvision.ops import batched_nms
 
@@ -28,9 +29,11 @@ def _per_image_reference(raw: dict, size: tuple[int, int], s: DecodeSettings) ->
     return out
 
 
-def test_batched_detections_equal_the_per_image_reference():
+@pytest.mark.parametrize("pre_nms_topk", [1000, 30])  # all locations / far fewer than them: two-stage top-k
+def test_batched_detections_equal_the_per_image_reference(pre_nms_topk):
     torch.manual_seed(1)
-    net = build_model(model_config(**{"heads.det.score_thr": 0.06, "heads.det.max_det": 7})).eval()
+    net = build_model(model_config(**{"heads.det.score_thr": 0.06, "heads.det.max_det": 7,
+                                      "heads.det.pre_nms_topk": pre_nms_topk})).eval()
     s = DecodeSettings.from_net(net)
     with torch.no_grad():
         raw = net(torch.randn(4, 3, 64, 64))
