@@ -2,12 +2,19 @@
 
     fourm21-serve ckpt_path=runs/.../best.ckpt port=8000
     curl -F image=@photo.jpg 'http://127.0.0.1:8000/predict?overlay=true'
+
+SIGTERM (a process manager stopping it) or Ctrl-C: stop accepting connections, answer every request already
+accepted, then exit 0.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import signal
 import socket
+import time
+from types import FrameType
 
 import hydra
 import torch
@@ -32,6 +39,11 @@ def check_port(host: str, port: int) -> None:
             raise ConfigError(f"host/port: {host}:{port} {why}") from None
 
 
+def _exit_0(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM outside uvicorn's own handling: before it serves, or re-raised by it once it has drained."""
+    raise SystemExit(0)
+
+
 def run_serve(cfg: DictConfig) -> None:
     """Load the model once, then serve until Ctrl-C / SIGTERM."""
     import uvicorn
@@ -45,12 +57,21 @@ def run_serve(cfg: DictConfig) -> None:
     check_port(settings.host, settings.port)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
+    logging.getLogger("fourm21.serve").setLevel(logging.DEBUG if cfg.log_level == "trace" else cfg.log_level.upper())
+    signal.signal(signal.SIGTERM, _exit_0)  # uvicorn re-raises the SIGTERM it drained on: exit 0, not -15
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    start = time.perf_counter()
     model = load(cfg.ckpt_path, device)
-    app = create_app(model, settings, str(cfg.ckpt_path))
+    load_seconds = time.perf_counter() - start
+    app = create_app(model, settings, str(cfg.ckpt_path), load_seconds)
     print(f"fourm21-serve: {cfg.ckpt_path} (heads: {', '.join(model.heads)}) on "
-          f"http://{settings.host}:{settings.port}/", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=cfg.log_level)
+          f"http://{settings.host}:{settings.port}/ (loaded in {load_seconds:.1f} s)", flush=True)
+    # access_log off: the app writes its own access line, with the request id. The HTTP layer drops headers
+    # over 4x max_header_bytes (the app answers 431 from max_header_bytes); draining on SIGTERM ends within
+    # request_timeout_s, as every request does, plus a margin
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=cfg.log_level, access_log=False,
+                h11_max_incomplete_event_size=4 * settings.max_header_bytes,
+                timeout_graceful_shutdown=int(settings.request_timeout_s) + 5)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="serve")

@@ -1,7 +1,8 @@
-"""The FastAPI app: ``POST /predict``, ``GET /health``, ``GET /info`` and the upload page at ``/``.
+"""The FastAPI app: ``POST /predict``, ``GET /health``, ``GET /info``, ``GET /metrics`` and the upload page at ``/``.
 
-Every request error is a 4xx with ``{"error": "<one line>"}``; a failure inside the model is a 500
-with the same shape, logged with its traceback, and the server keeps serving.
+Every request error is a 4xx with ``{"error": "<one line>"}``; overload is a 429 (queue full) or 503
+(queue timeout, shutting down) with ``Retry-After``, a request past ``request_timeout_s`` a 504, and a
+failure inside the model a 500 with the same shape, logged with its traceback; the server keeps serving.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from fourm21.errors import one_line
-from fourm21.serve.batcher import MicroBatcher
+from fourm21.serve.batcher import BatcherStoppedError, MicroBatcher, QueueFullError, QueueTimeoutError
 from fourm21.serve.inputs import RequestError, Upload, decode_image, read_upload
+from fourm21.serve.observe import ERROR_KEY, METRICS_CONTENT_TYPE, RequestMiddleware, ServeMetrics
 from fourm21.serve.results import overlay_png_base64, prediction_json
 from fourm21.serve.settings import ServeSettings
 
@@ -32,49 +33,56 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+QUERY_OPTIONS = ("overlay", "masks")  # POST /predict's query parameters; any other is a 422
 
 
-def create_app(model: Fourm21Model, settings: ServeSettings, model_path: str = "") -> FastAPI:
+def _error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    request.scope[ERROR_KEY] = message  # for the access log line
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def create_app(model: Fourm21Model, settings: ServeSettings, model_path: str = "",
+               load_seconds: float | None = None) -> FastAPI:
     """The service over a loaded model; requests are micro-batched into ``model.predict`` calls.
-    The model's thresholds are set here from ``settings``, so ``/info`` reports what is in force."""
+    The model's thresholds are set here from ``settings``, so ``/info`` reports what is in force.
+    ``load_seconds``: how long loading took (the ``fourm21_model_load_seconds`` metric)."""
     model.set_thresholds(**settings.decode)
     page = files("fourm21.serve").joinpath("index.html").read_text(encoding="utf-8")
+    metrics = ServeMetrics(settings.max_batch_size)
+    if load_seconds is not None:
+        metrics.model_load.set(load_seconds)
+    metrics.model.info({"model": model_path, "heads": ",".join(model.heads)})
 
     def run_batch(images: Sequence[np.ndarray]) -> list[dict[str, torch.Tensor]]:
         return model.predict(list(images), batch_size=len(images), img_size=settings.img_size)
 
     batcher: MicroBatcher[np.ndarray, dict[str, torch.Tensor]] = MicroBatcher(
-        run_batch, settings.max_batch_size, settings.batch_timeout_s)
+        run_batch, settings.max_batch_size, settings.batch_timeout_s, max_queue=settings.max_queue,
+        queue_timeout_s=settings.queue_timeout_s, on_batch=metrics.on_batch)
+    metrics.queue_depth.set_function(lambda: batcher.depth)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         yield
-        await batcher.stop()
+        await batcher.stop()  # after uvicorn answered every accepted request; anything left gets a 503
 
     app = FastAPI(title="fourm21", summary="multitask vision predictions over HTTP", lifespan=lifespan)
-    app.state.batcher = batcher
+    app.state.batcher, app.state.metrics = batcher, metrics
+    app.add_middleware(RequestMiddleware, metrics=metrics, max_header_bytes=settings.max_header_bytes)
 
     @app.exception_handler(RequestError)
-    async def request_error(_: Request, exc: RequestError) -> JSONResponse:
-        return _error(exc.status, exc.message)
+    async def request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return _error(request, exc.status, exc.message, exc.headers)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(request, exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        return _error(422, problems or "invalid request")
-
-    @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-        log.error("request failed", exc_info=exc)
-        return _error(500, f"internal error: {one_line(exc)}")
+        return _error(request, 422, problems or "invalid request")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
@@ -83,6 +91,10 @@ def create_app(model: Fourm21Model, settings: ServeSettings, model_path: str = "
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/info")
     async def info() -> dict:
@@ -93,9 +105,18 @@ def create_app(model: Fourm21Model, settings: ServeSettings, model_path: str = "
                 "img_size": settings.img_size or model.img_size,
                 "thresholds": settings.thresholds,
                 "limits": {"max_upload_mb": settings.max_upload_mb, "max_image_pixels": settings.max_image_pixels,
-                           "request_timeout_s": settings.request_timeout_s},
+                           "request_timeout_s": settings.request_timeout_s, "max_queue": settings.max_queue,
+                           "queue_timeout_s": settings.queue_timeout_s,
+                           "max_header_bytes": settings.max_header_bytes},
                 "batching": {"max_batch_size": settings.max_batch_size, "batch_timeout_s": settings.batch_timeout_s,
-                             **batcher.stats.as_dict()}}
+                             "queue_depth": batcher.depth, **batcher.stats.as_dict()}}
+
+    def overloaded(e: QueueFullError | QueueTimeoutError | BatcherStoppedError) -> RequestError:
+        if isinstance(e, QueueFullError):
+            return RequestError(429, str(e), {"Retry-After": str(e.retry_after_s)})
+        if isinstance(e, QueueTimeoutError):
+            return RequestError(503, f"service overloaded: {e}", {"Retry-After": str(e.retry_after_s)})
+        return RequestError(503, f"service unavailable: {e}", {"Retry-After": "1"})
 
     async def answer(upload: Upload, overlay: bool, masks: bool) -> dict:
         start = time.perf_counter()
@@ -118,6 +139,9 @@ def create_app(model: Fourm21Model, settings: ServeSettings, model_path: str = "
     async def predict(request: Request, overlay: bool = False, masks: bool | None = None) -> JSONResponse:
         """An image (multipart field ``image`` or JSON base64) -> its predictions as ``fourm21-predict``
         writes them; ``overlay=true`` adds ``overlay_png`` (base64), ``masks=false`` drops the RLE masks."""
+        unknown = sorted(set(request.query_params) - set(QUERY_OPTIONS))
+        if unknown:
+            raise RequestError(422, f"unknown query option(s) {unknown}: the options are {list(QUERY_OPTIONS)}")
         timeout = settings.request_timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -126,11 +150,15 @@ def create_app(model: Fourm21Model, settings: ServeSettings, model_path: str = "
         except asyncio.TimeoutError:
             raise RequestError(408, f"upload not received within request_timeout_s={timeout}") from None
         try:
+            if batcher.full:  # refuse before decoding: under a flood the decoding is work thrown away
+                raise QueueFullError(batcher.depth, settings.max_queue, batcher.retry_after_s())
             out = await asyncio.wait_for(answer(upload, overlay, settings.masks if masks is None else masks),
                                          max(deadline - loop.time(), 1e-3))
         except asyncio.TimeoutError:
             raise RequestError(504, f"prediction not finished within request_timeout_s={timeout}; the server is "
                                     "busy or the image is large") from None
+        except (QueueFullError, QueueTimeoutError, BatcherStoppedError) as e:
+            raise overloaded(e) from None
         return JSONResponse(out)
 
     return app

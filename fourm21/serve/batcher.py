@@ -3,22 +3,50 @@
 A request waits at most ``batch_timeout_s`` for others to join it; requests queued while the model
 runs form the next batch at once. Batches run one at a time in a worker thread, so the event loop
 keeps accepting uploads and the model is never entered by two threads together.
+
+The queue is bounded: with ``max_queue`` items waiting, ``submit`` refuses at once (``QueueFullError``, the
+service's 429) instead of letting the wait grow without bound, and an item still waiting after
+``queue_timeout_s`` is failed with ``QueueTimeoutError`` (503). ``stop`` fails whatever still waits with
+``BatcherStoppedError``, so no submitter is ever left waiting for a result that will not come.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 log = logging.getLogger(__name__)
+
+
+class QueueFullError(Exception):
+    """``max_queue`` items already wait; ``retry_after_s`` is when a retry has a fair chance (whole seconds)."""
+
+    def __init__(self, depth: int, max_queue: int, retry_after_s: int) -> None:
+        super().__init__(f"the queue is full: {depth} images wait for the model (max_queue={max_queue}); "
+                         f"retry in {retry_after_s} s")
+        self.depth, self.retry_after_s = depth, retry_after_s
+
+
+class QueueTimeoutError(Exception):
+    """The item waited ``queue_timeout_s`` without its batch starting."""
+
+    def __init__(self, waited_s: float, retry_after_s: int) -> None:
+        super().__init__(f"waited {waited_s:.1f} s in the queue without reaching the model (queue_timeout_s)")
+        self.waited_s, self.retry_after_s = waited_s, retry_after_s
+
+
+class BatcherStoppedError(Exception):
+    """The batcher stopped (the service is shutting down) before the item ran."""
 
 
 @dataclass(frozen=True)
@@ -49,20 +77,52 @@ class BatchStats:
                 "mean_batch_size": round(items / batches, 3) if batches else 0.0}
 
 
+@dataclass(eq=False)
+class _Entry(Generic[T]):
+    """One submitted item while it waits: its future, when it arrived, and its queue-timeout timer."""
+
+    item: T
+    future: asyncio.Future
+    queued_at: float
+    timer: asyncio.TimerHandle | None = field(default=None)
+
+
 class MicroBatcher(Generic[T, R]):
     """``await submit(item)`` -> ``Batched`` with ``run_batch([..., item, ...])``'s result for ``item``.
 
     ``run_batch`` maps a list of up to ``max_batch_size`` items to as many results. If a batch fails,
-    its items are retried one by one, so one bad item fails only its own request."""
+    its items are retried one by one, so one bad item fails only its own request. ``max_queue`` /
+    ``queue_timeout_s`` None: unbounded. ``on_batch(size, seconds)`` is told of every batch that ran."""
 
     def __init__(self, run_batch: Callable[[Sequence[T]], Sequence[R]], max_batch_size: int,
-                 batch_timeout_s: float) -> None:
+                 batch_timeout_s: float, max_queue: int | None = None, queue_timeout_s: float | None = None,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_queue is not None and max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         self.run_batch, self.max_batch_size, self.batch_timeout_s = run_batch, max_batch_size, batch_timeout_s
+        self.max_queue, self.queue_timeout_s, self.on_batch = max_queue, queue_timeout_s, on_batch
         self.stats = BatchStats()
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future]] | None = None
+        self._queue: asyncio.Queue[_Entry[T]] | None = None
         self._task: asyncio.Task | None = None
+        self._waiting: set[_Entry[T]] = set()  # submitted, not yet running, not yet answered
+        self._running: list[_Entry[T]] = []  # the batch in the model now
+        self._batch_s = 0.0  # moving average of a batch's run time: the Retry-After estimate
+
+    @property
+    def depth(self) -> int:
+        """Items waiting for the model (queued or in a batch still forming)."""
+        return len(self._waiting)
+
+    @property
+    def full(self) -> bool:
+        return self.max_queue is not None and self.depth >= self.max_queue
+
+    def retry_after_s(self) -> int:
+        """Whole seconds until the items waiting now should have run (at least 1): the ``Retry-After``."""
+        batches = math.ceil(self.depth / self.max_batch_size) + 1
+        return max(1, math.ceil(batches * self._batch_s))
 
     def start(self) -> None:
         """Start the batch loop on the running event loop (the app's startup)."""
@@ -70,19 +130,42 @@ class MicroBatcher(Generic[T, R]):
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        """End the batch loop; every item still waiting fails with ``BatcherStoppedError``."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        for entry in [*self._waiting, *self._running]:
+            self._forget(entry)
+            _fail(entry.future, BatcherStoppedError("the service is shutting down"))
+        self._running = []
 
     async def submit(self, item: T) -> Batched[R]:
-        if self._queue is None:
-            raise RuntimeError("MicroBatcher.start() was not called")
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
-        return await future  # cancelled by a request timeout: the loop then skips the item
+        if self._queue is None or self._task is None:
+            raise BatcherStoppedError("the batcher is not running")
+        if self.full:
+            raise QueueFullError(self.depth, self.max_queue, self.retry_after_s())
+        loop = asyncio.get_running_loop()
+        entry = _Entry(item, loop.create_future(), loop.time())
+        if self.queue_timeout_s is not None:
+            entry.timer = loop.call_later(self.queue_timeout_s, self._expire, entry)
+        self._waiting.add(entry)
+        entry.future.add_done_callback(lambda _: self._forget(entry))  # answered or cancelled: not waiting
+        self._queue.put_nowait(entry)
+        return await entry.future  # cancelled by a request timeout: the loop then skips the item
 
-    async def _collect(self) -> list[tuple[T, asyncio.Future]]:
+    def _forget(self, entry: _Entry[T]) -> None:
+        self._waiting.discard(entry)
+        if entry.timer is not None:
+            entry.timer.cancel()
+
+    def _expire(self, entry: _Entry[T]) -> None:
+        if entry in self._waiting:
+            self._forget(entry)
+            waited = asyncio.get_running_loop().time() - entry.queued_at
+            _fail(entry.future, QueueTimeoutError(waited, self.retry_after_s()))
+
+    async def _collect(self) -> list[_Entry[T]]:
         """The next batch: the first queued item plus whatever else arrives within ``batch_timeout_s``."""
         assert self._queue is not None
         loop = asyncio.get_running_loop()
@@ -99,37 +182,48 @@ class MicroBatcher(Generic[T, R]):
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except asyncio.TimeoutError:
                 break
-        return [(item, fut) for item, fut in batch if not fut.done()]
+        live = [e for e in batch if not e.future.done()]
+        for entry in live:  # running now: no longer waiting, no queue timeout
+            self._forget(entry)
+        return live
 
     async def _loop(self) -> None:
         while True:
-            batch = await self._collect()
+            batch = self._running = await self._collect()
             if not batch:
                 continue
+            start = time.perf_counter()
             try:
-                results = await asyncio.to_thread(self._run, [item for item, _ in batch])
+                results = await asyncio.to_thread(self._run, [e.item for e in batch])
             except Exception as e:  # noqa: BLE001 - handed to the requests (or retried item by item)
                 if len(batch) == 1:
                     log.exception("prediction failed")
-                    _fail(batch[0][1], e)
+                    _fail(batch[0].future, e)
                     continue
                 log.warning("batch of %d failed (%s); retrying its items one by one", len(batch), e)
-                for item, fut in batch:
-                    await self._run_alone(item, fut)
+                for entry in batch:
+                    await self._run_alone(entry)
                 continue
-            self.stats.record(len(batch))
-            for (_, fut), res in zip(batch, results):
-                _resolve(fut, Batched(res, len(batch)))
+            self._record(len(batch), time.perf_counter() - start)
+            for entry, res in zip(batch, results):
+                _resolve(entry.future, Batched(res, len(batch)))
 
-    async def _run_alone(self, item: T, fut: asyncio.Future) -> None:
+    async def _run_alone(self, entry: _Entry[T]) -> None:
+        start = time.perf_counter()
         try:
-            (res,) = await asyncio.to_thread(self._run, [item])
+            (res,) = await asyncio.to_thread(self._run, [entry.item])
         except Exception as e:  # noqa: BLE001 - handed to the request that sent the item
             log.exception("prediction failed")
-            _fail(fut, e)
+            _fail(entry.future, e)
         else:
-            self.stats.record(1)
-            _resolve(fut, Batched(res, 1))
+            self._record(1, time.perf_counter() - start)
+            _resolve(entry.future, Batched(res, 1))
+
+    def _record(self, size: int, seconds: float) -> None:
+        self.stats.record(size)
+        self._batch_s = seconds if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * seconds
+        if self.on_batch is not None:
+            self.on_batch(size, seconds)
 
     def _run(self, items: list[T]) -> list[R]:
         results = list(self.run_batch(items))

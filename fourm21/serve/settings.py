@@ -19,9 +19,12 @@ class ServeSettings:
     port: int
     max_batch_size: int
     batch_timeout_s: float
+    max_queue: int
+    queue_timeout_s: float
     max_upload_mb: float
     max_image_pixels: int
     request_timeout_s: float
+    max_header_bytes: int
     img_size: int | None
     score_thr: float  # also the score the overlay draws from
     masks: bool
@@ -43,7 +46,10 @@ class ServeSettings:
         for key, (lo, hi, optional) in _RANGES.items():
             if not (optional and values[key] is None):
                 _check_number(key, values[key], lo, hi)
-        for key in ("max_upload_mb", "request_timeout_s"):
+        for key in _WHOLE:
+            if isinstance(values[key], float):
+                raise ConfigError(f"{key}: must be a whole number, got {values[key]}")
+        for key in ("max_upload_mb", "request_timeout_s", "queue_timeout_s"):
             if values[key] <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {values[key]}")
         for key in ("masks", "show_semantic"):
@@ -55,7 +61,10 @@ class ServeSettings:
 # key: (lowest, highest, null allowed)
 _RANGES = {"port": (0, 65535, False), "max_batch_size": (1, None, False), "batch_timeout_s": (0, None, False),
            "max_upload_mb": (0, None, False), "max_image_pixels": (1, None, False),
-           "request_timeout_s": (0, None, False), "score_thr": (0, 1, False), "img_size": (1, None, True)}
+           "request_timeout_s": (0, None, False), "score_thr": (0, 1, False), "img_size": (1, None, True),
+           "max_queue": (1, None, False), "queue_timeout_s": (0, None, False), "max_header_bytes": (1024, None, False)}
+
+_WHOLE = ("port", "max_batch_size", "max_image_pixels", "max_queue", "max_header_bytes")
 
 
 def _check_number(key: str, value: object, lo: float | None, hi: float | None) -> None:

@@ -43,8 +43,9 @@ def test_info_describes_the_model(server):
     assert info["image_class_names"] == ["forest", "desert", "ocean", "dusk"]
     assert info["img_size"] == 64
     assert info["thresholds"]["score_thr"] == 0.0 and info["thresholds"]["max_det"] == 5
-    assert info["limits"] == {"max_upload_mb": 0.25, "max_image_pixels": 250000, "request_timeout_s": 30}
-    assert info["batching"]["max_batch_size"] == 8
+    assert info["limits"] == {"max_upload_mb": 0.25, "max_image_pixels": 250000, "request_timeout_s": 30,
+                              "max_queue": 64, "queue_timeout_s": 10, "max_header_bytes": 8192}
+    assert info["batching"]["max_batch_size"] == 8 and info["batching"]["queue_depth"] == 0
 
 
 def test_predict_answers_as_fourm21_predict_writes(server, tiny_run, sample_image, tmp_path):

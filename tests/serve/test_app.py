@@ -3,11 +3,13 @@ one-line errors. The real model over real HTTP is in test_api.py."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -56,6 +58,10 @@ def test_the_shipped_config_is_valid():
 
 
 @pytest.mark.parametrize("override, words", [("max_batch_size=0", "max_batch_size: must be >= 1, got 0"),
+                                             ("max_queue=0", "max_queue: must be >= 1, got 0"),
+                                             ("max_queue=2.5", "max_queue: must be a whole number"),
+                                             ("queue_timeout_s=0", "queue_timeout_s: must be > 0"),
+                                             ("max_header_bytes=100", "max_header_bytes: must be >= 1024"),
                                              ("max_upload_mb=0", "max_upload_mb: must be > 0"),
                                              ("request_timeout_s=abc", "request_timeout_s: must be a number"),
                                              ("score_thr=2", "score_thr: must be in [0, 1], got 2"),
@@ -83,11 +89,59 @@ def test_a_slow_prediction_is_a_504():
 
 def test_a_model_failure_is_a_json_500_and_the_app_goes_on():
     model = StandIn(fail=True)
-    with TestClient(create_app(model, settings()), raise_server_exceptions=False) as client:
-        r = client.post("/predict", files={"image": ("one.png", PNG)})
+    with TestClient(create_app(model, settings()), raise_server_exceptions=True) as client:
+        r = client.post("/predict", files={"image": ("one.png", PNG)})  # answered, not raised to the server
         assert r.status_code == 500 and "the network fell over" in r.json()["error"]
+        assert r.headers["x-request-id"]
         model.fail = False
         assert client.post("/predict", files={"image": ("one.png", PNG)}).status_code == 200
+
+
+def _flood(client: TestClient, n: int) -> list[tuple[int, float, dict, dict]]:
+    """``n`` requests at once from threads: (status, seconds, JSON, headers) each."""
+    def one(i: int) -> tuple[int, float, dict, dict]:
+        start = time.monotonic()
+        r = client.post("/predict", files={"image": (f"{i}.png", PNG)})
+        return r.status_code, time.monotonic() - start, r.json(), dict(r.headers)
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_a_full_queue_is_a_429_at_once_with_retry_after():
+    app = create_app(StandIn(delay_s=0.3), settings("max_batch_size=1", "batch_timeout_s=0", "max_queue=1"))
+    with TestClient(app) as client:
+        out = _flood(client, 6)
+        assert client.post("/predict", files={"image": ("after.png", PNG)}).status_code == 200
+    statuses = sorted(s for s, *_ in out)
+    assert set(statuses) == {200, 429} and statuses.count(200) >= 2, statuses
+    for status, seconds, body, headers in out:
+        if status == 429:
+            assert seconds < 0.3, seconds  # not queued behind the model
+            assert int(headers["retry-after"]) >= 1 and "max_queue=1" in body["error"]
+
+
+def test_a_queue_timeout_is_a_503_with_retry_after():
+    app = create_app(StandIn(delay_s=0.5), settings("max_batch_size=1", "batch_timeout_s=0", "queue_timeout_s=0.1"))
+    with TestClient(app) as client:
+        out = _flood(client, 3)
+    assert sorted(s for s, *_ in out) == [200, 503, 503], out
+    for status, seconds, body, headers in out:
+        if status == 503:
+            assert seconds < 0.45 and int(headers["retry-after"]) >= 1
+            assert body["error"].startswith("service overloaded: waited") and "queue_timeout_s" in body["error"]
+
+
+def test_the_request_id_is_in_the_log_lines(caplog):
+    with caplog.at_level(logging.INFO, logger="fourm21.serve"), \
+            TestClient(create_app(StandIn(), settings())) as client:
+        ok = client.post("/predict", files={"image": ("one.png", PNG)}, headers={"x-request-id": "trace-1"})
+        bad = client.post("/predict", content=b"x", headers={"content-type": "text/plain"})
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "trace-1"
+    rid = bad.headers["x-request-id"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "fourm21.serve"]
+    assert any('"POST /predict" 200' in line and "request_id=trace-1" in line for line in lines), lines
+    assert any('"POST /predict" 415' in line and f"request_id={rid}" in line and "unsupported Content-Type" in line
+               for line in lines), lines
 
 
 def _main(args: list[str], tmp_path) -> str:
