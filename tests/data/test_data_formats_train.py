@@ -16,7 +16,7 @@ from pycocotools.cocoeval import COCOeval
 from fourm21.data.formats import cached
 from fourm21.data.formats.to_coco import STAMP
 from fourm21.metrics.coco import STAT_NAMES
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, run_cli_here
 from tests.data.formats.test_voc import voc_like
 from tests.data.test_image_folder import tree
 
@@ -156,8 +156,8 @@ def test_imagefolder_trains_and_evaluates(tmp_path):
 
 
 def test_a_missing_source_is_one_line(tmp_path):
-    res = run_cli("fourm21-train", ["data=yolo", "model.heads.cls.enabled=false", f"data.root={tmp_path / 'nowhere'}",
-                                    f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
-                  tmp_path)
+    res = run_cli_here("fourm21-train", ["data=yolo", "model.heads.cls.enabled=false",
+                                         f"data.root={tmp_path / 'nowhere'}", f"paths.data_dir={tmp_path / 'data'}",
+                                         f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "data.root" in res.stderr and "nowhere" in res.stderr

@@ -16,7 +16,7 @@ from PIL import Image
 from fourm21.data.image_folder import ImageFolderDataset
 from fourm21.data.transforms import build_classification_transform
 from fourm21.errors import BadImageError, DatasetError
-from tests.conftest import TINY
+from tests.conftest import TINY, run_cli_here
 
 
 def tree(root: Path, classes=("cat", "dog", "eel"), per_class: int = 3, val: bool = True) -> Path:
@@ -78,7 +78,9 @@ def test_a_bad_image_stops_or_is_skipped(tmp_path):
     assert ds[3] is None and str(root / "train" / "dog" / "0.jpg") in ds.skip_log.entries()
 
 
-def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _train(args: list[str], cwd: Path, here: bool = False) -> subprocess.CompletedProcess:
+    if here:  # in this process: runs that stop at an error
+        return run_cli_here("fourm21-train", [*args, f"hydra.run.dir={cwd / 'run'}"], cwd)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, "-m", "fourm21.engine.train", *args,
                            f"hydra.run.dir={cwd / 'run'}"], cwd=cwd, env=env, capture_output=True, text=True,
@@ -97,11 +99,11 @@ def test_train_experiment_image_folder_fast_dev_run(tmp_path):
 
 
 def test_bad_trees_and_configs_are_one_line(tmp_path):
-    res = _train(["experiment=image_folder", f"data.root={tmp_path / 'nowhere'}"], tmp_path)
+    res = _train(["experiment=image_folder", f"data.root={tmp_path / 'nowhere'}"], tmp_path, here=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "data.root" in res.stderr and "nowhere" in res.stderr
     # the data config alone: the dense heads it cannot feed are switched off, and the missing val/ is the error
     root = tree(tmp_path / 'tree', per_class=1, val=False)
-    res = _train(["data=image_folder", f"data.root={root}"], tmp_path)
+    res = _train(["data=image_folder", f"data.root={root}"], tmp_path, here=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr and "head 'det' switched off" in res.stdout
     assert res.stderr.strip().count("\n") == 0 and "data.root: no folder" in res.stderr and "val" in res.stderr

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import TINY, assert_trained
+from tests.conftest import TINY, assert_trained, run_cli_here
 from tests.conftest import run_cli as _run
 
 
@@ -51,7 +51,7 @@ def test_fast_dev_run_with_overrides_and_vit(tmp_path):
 
 
 def test_typo_in_override_is_a_clear_hydra_error(tmp_path):
-    res = _run("fourm21-train", ["trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    res = run_cli_here("fourm21-train", ["trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert res.returncode != 0
     assert "max_epoch" in res.stderr and "Traceback" not in res.stderr
 

@@ -16,11 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import BIN, run_cli
+from tests.conftest import BIN, run_cli, run_cli_here
 
 
-def data_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``fourm21-data ...`` as a user types it (``python -m fourm21.engine.data_tools`` until it is installed)."""
+def data_cli(args: list[str], cwd: Path, here: bool = False) -> subprocess.CompletedProcess:
+    """``fourm21-data ...`` as a user types it (``python -m fourm21.engine.data_tools`` until it is installed);
+    ``here``: in this process, for runs that stop at an error."""
+    if here:
+        return run_cli_here("fourm21-data", args, cwd)
     if (BIN / "fourm21-data").exists():
         return run_cli("fourm21-data", args, cwd)
     return subprocess.run([sys.executable, "-m", "fourm21.engine.data_tools", *args], cwd=cwd, capture_output=True,
@@ -101,7 +104,7 @@ def test_show_draws_augmented_ground_truth(tmp_path, shapes_root):
 
 def test_a_bad_key_or_command_is_one_line_and_exit_2(tmp_path, shapes_root, capsys, monkeypatch):
     res = data_cli(["show", "split=test", f"data.root={shapes_root}", "data.datamodule.prepare=null",
-                    f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+                    f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, here=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == ["fourm21: ConfigError: split: must be train or val, got 'test'"]
     from fourm21.engine import data_tools

@@ -14,7 +14,7 @@ from fourm21.engine.evaluate import run_eval
 from fourm21.engine.export import run_export
 from fourm21.errors import CheckpointError
 from fourm21.training.exported import export_directory, export_source
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 SCORES = ("val/cls/acc", "val/det/map", "val/det/map50", "val/inst/map", "val/inst/map50", "val/sem/miou")
 
@@ -68,7 +68,8 @@ def test_export_directory_is_the_directory_or_its_model_file(scored, tiny_run):
 
 def test_a_folder_that_is_no_export_is_one_line(tiny_run, tmp_path):
     (tmp_path / "empty").mkdir()
-    res = run_cli("fourm21-eval", [f"ckpt_path={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    res = run_cli_here("fourm21-eval", [f"ckpt_path={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                       tmp_path)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
     assert lines[0].startswith(f"fourm21: {CheckpointError.__name__}:") and "config.yaml" in lines[0]

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 
 
 def test_predict_on_a_folder_writes_overlays_and_coco_json(tiny_run, tmp_path):
@@ -41,6 +41,6 @@ def test_predict_on_a_folder_writes_overlays_and_coco_json(tiny_run, tmp_path):
 
 def test_predict_missing_source_is_one_line(tiny_run, tmp_path):
     work, run_dir, _ = tiny_run
-    res = run_cli("fourm21-predict", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"source={tmp_path / 'none'}",
-                                      f"hydra.run.dir={tmp_path / 'p'}"], work)
+    res = run_cli_here("fourm21-predict", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}",
+                                           f"source={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'p'}"], work)
     assert res.returncode == 2 and "source not found" in res.stderr and "Traceback" not in res.stderr

@@ -17,7 +17,7 @@ import fourm21
 from fourm21.data.video import list_media
 from fourm21.engine.predict import check_config
 from fourm21.errors import ConfigError, DatasetError
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_cli_here
 
 NUM_FRAMES, FPS = 12, 10
 
@@ -112,6 +112,6 @@ def test_video_errors_name_the_source(tiny_run, tmp_path):
     with pytest.raises(DatasetError, match="no camera at index 0"):
         model.predict_video(0)
     ckpt = f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}"
-    res = run_cli("fourm21-predict", [ckpt, "source=0", f"hydra.run.dir={tmp_path / 'cam'}"], work)
+    res = run_cli_here("fourm21-predict", [ckpt, "source=0", f"hydra.run.dir={tmp_path / 'cam'}"], work)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == ["fourm21: DatasetError: no camera at index 0 (OpenCV cannot open it)"]

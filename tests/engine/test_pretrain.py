@@ -9,7 +9,7 @@ from fourm21.losses.contrastive import nt_xent
 from fourm21.losses.masked_image import masked_pixel_l1
 from fourm21.models.backbone import TimmBackbone
 from fourm21.models.masked_image import MaskedImageModel, random_block_mask
-from tests.conftest import TINY, TINY_CONVNEXT, TINY_VIT, run_cli
+from tests.conftest import TINY, TINY_CONVNEXT, TINY_VIT, run_cli, run_cli_here
 
 
 def test_nt_xent_rewards_matching_views():
@@ -102,10 +102,10 @@ def test_simmim_pretrain_changes_the_vit_and_its_weights_load(tmp_path, shapes_r
 
 
 def test_pretrain_rejects_an_unknown_method_and_backbone(tmp_path, shapes_root):
-    res = run_cli("fourm21-pretrain", [f"data.root={shapes_root / 'images/train'}", "method=byol",
+    res = run_cli_here("fourm21-pretrain", [f"data.root={shapes_root / 'images/train'}", "method=byol",
                                        f"hydra.run.dir={tmp_path / 'x'}"], tmp_path)
     assert res.returncode == 2 and "method: must be one of" in res.stderr
     assert "Traceback" not in res.stderr
-    res = run_cli("fourm21-pretrain", [f"data.root={shapes_root / 'images/train'}", "backbone=nonesuch",
+    res = run_cli_here("fourm21-pretrain", [f"data.root={shapes_root / 'images/train'}", "backbone=nonesuch",
                                        f"hydra.run.dir={tmp_path / 'y'}"], tmp_path)
     assert res.returncode == 2 and "backbone: no config 'nonesuch'" in res.stderr

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fourm21.data.samplers import ResumableSampler
 from fourm21.errors import TrainingError
 from fourm21.training.callbacks import NonFiniteGuard
-from tests.conftest import BIN, TINY, assert_trained, run_cli
+from tests.conftest import BIN, TINY, assert_trained, run_cli, run_cli_here
 
 
 class _Toy(L.LightningModule):
@@ -147,7 +147,7 @@ def test_sigkilled_run_resumes_from_last_checkpoint(tmp_path):
 
 
 def test_resume_without_a_checkpoint_names_the_directory(tmp_path):
-    res = run_cli("fourm21-train", [*TINY, f"paths.data_dir={tmp_path / 'data'}", "ckpt_path=last",
+    res = run_cli_here("fourm21-train", [*TINY, f"paths.data_dir={tmp_path / 'data'}", "ckpt_path=last",
                                     f"hydra.run.dir={tmp_path / 'fresh'}"], tmp_path)
     assert res.returncode == 2
     assert "ckpt_path" in res.stderr and "fresh" in res.stderr and "Traceback" not in res.stderr

@@ -11,7 +11,7 @@ from fourm21.engine.predict import frame_record, run_predict, tracker_from_confi
 from fourm21.errors import ConfigError
 from fourm21.inference.decode import DecodeSettings
 from fourm21.inference.model import FramePrediction
-from tests.conftest import REPO, model_config, run_cli
+from tests.conftest import REPO, model_config, run_cli, run_cli_here
 from tests.engine.test_predict_video import count_frames
 from tests.inference.test_tracking import NUM_FRAMES, write_moving_shapes
 
@@ -59,7 +59,7 @@ def test_track_null_is_todays_output(tiny_run, tmp_path):
 
 def test_an_unknown_tracker_is_a_one_line_config_error(tiny_run, tmp_path):
     work, run_dir, _ = tiny_run
-    res = run_cli("fourm21-predict", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"source={tmp_path}",
+    res = run_cli_here("fourm21-predict", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"source={tmp_path}",
                                       "track=deepsort", f"hydra.run.dir={tmp_path / 'bad'}"], work)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == ["fourm21: ConfigError: track: unknown tracker 'deepsort'; "

@@ -7,7 +7,7 @@ import torch
 
 import fourm21
 from fourm21.export.formats import canonical, same_detections
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 
 
 @pytest.mark.parametrize("fmt, artefact", [("safetensors", "export/model.safetensors"), ("onnx", "export/model.onnx"),
@@ -46,7 +46,7 @@ def test_export_round_trip(tiny_run, tmp_path, fmt, artefact):
 
 def test_unknown_format_is_a_config_error(tiny_run, tmp_path):
     work, run_dir, _ = tiny_run
-    res = run_cli("fourm21-export", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", "format=tflite",
+    res = run_cli_here("fourm21-export", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", "format=tflite",
                                      f"hydra.run.dir={tmp_path / 'x'}"], work)
     assert res.returncode == 2 and "format" in res.stderr and "tflite" in res.stderr
 

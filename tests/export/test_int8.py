@@ -16,7 +16,7 @@ from fourm21.engine.export import run_export
 from fourm21.errors import ConfigError
 from fourm21.export.int8 import head_output_layers, prediction_agreement
 from fourm21.inference.runners import OnnxRunner, OpenVinoRunner
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 # the tolerance the int8 predictions are held to, against the f32 export's, on 4 val images at score >= 0.2
 # (the tiny model after 2 epochs: few confident boxes, so one moved box weighs; measured: 1.0 / 0.9x)
@@ -137,7 +137,7 @@ def test_a_model_without_training_data_asks_for_a_calibration_folder_in_one_line
 
 def test_missing_calibration_data_is_one_line_from_the_cli(tiny_run, tmp_path):
     work, run_dir, _ = tiny_run
-    res = run_cli("fourm21-export", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", "format=onnx", "int8=true",
+    res = run_cli_here("fourm21-export", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", "format=onnx", "int8=true",
                                      f"calibration_source={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path / 'x'}"],
                   work)
     lines = res.stderr.strip().splitlines()

@@ -6,7 +6,7 @@ from fourm21.data.sample import IGNORE_INDEX
 from fourm21.inference.decode import DecodeSettings
 from fourm21.training.evaluation import load_module
 from fourm21.training.pseudo_labels import photometric_jitter, pseudo_targets
-from tests.conftest import TINY, model_config, run_cli
+from tests.conftest import TINY, model_config, run_cli, run_cli_here
 
 
 def _unlabelled_batch(b: int = 2, size: int = 8) -> dict:
@@ -79,7 +79,7 @@ def test_semi_supervised_run_trains_on_pseudo_labels_and_reloads(tmp_path):
 
 
 def test_missing_unlabelled_folder_is_named(tmp_path):
-    res = run_cli("fourm21-train", [*TINY, f"paths.data_dir={tmp_path / 'data'}", "semi.enabled=true",
+    res = run_cli_here("fourm21-train", [*TINY, f"paths.data_dir={tmp_path / 'data'}", "semi.enabled=true",
                                     f"semi.unlabelled_root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'r'}"],
                   tmp_path)
     assert res.returncode == 2
@@ -87,6 +87,6 @@ def test_missing_unlabelled_folder_is_named(tmp_path):
 
 
 def test_unknown_teacher_is_a_config_error(tmp_path):
-    res = run_cli("fourm21-train", [*TINY, f"paths.data_dir={tmp_path / 'data'}", "semi.enabled=true",
+    res = run_cli_here("fourm21-train", [*TINY, f"paths.data_dir={tmp_path / 'data'}", "semi.enabled=true",
                                     "semi.teacher=mean", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
     assert res.returncode == 2 and "semi.teacher" in res.stderr

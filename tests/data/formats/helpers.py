@@ -37,8 +37,13 @@ def sample_of(ds: CocoDataset, file_name: str) -> dict:
     return ds[index]
 
 
-def run_convert(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``fourm21-convert`` as a user runs it (the module, until the console script is installed)."""
+def run_convert(args: list[str], cwd: Path, here: bool = False) -> subprocess.CompletedProcess:
+    """``fourm21-convert`` as a user runs it (the module, until the console script is installed); ``here``:
+    in this process (``tests.conftest.run_cli_here``, for runs that stop at an error)."""
+    if here:
+        from tests.conftest import run_cli_here
+
+        return run_cli_here("fourm21-convert", [*args, f"hydra.run.dir={cwd / 'run'}"], cwd)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, "-m", "fourm21.engine.convert", *args, f"hydra.run.dir={cwd / 'run'}"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

@@ -59,16 +59,16 @@ def _break_labelme_json(tmp_path):
                                      _break_labelme_json])
 def test_bad_files_give_one_line_naming_the_file(tmp_path, breaker):
     fmt, src, message = breaker(tmp_path)
-    res = run_convert([f"format={fmt}", f"src={src}", f"out={tmp_path / 'out'}"], tmp_path)
+    res = run_convert([f"format={fmt}", f"src={src}", f"out={tmp_path / 'out'}"], tmp_path, here=True)
     assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr and message in res.stderr
     assert len([ln for ln in res.stderr.splitlines() if ln.startswith("fourm21:")]) == 1
 
 
 def test_missing_and_bad_keys_are_config_errors(tmp_path):
-    res = run_convert(["format=yolo", f"out={tmp_path / 'out'}"], tmp_path)
+    res = run_convert(["format=yolo", f"out={tmp_path / 'out'}"], tmp_path, here=True)
     assert res.returncode == 2 and "src: required" in res.stderr and "Traceback" not in res.stderr
-    res = run_convert(["format=voc", f"src={tmp_path}", f"out={tmp_path / 'out'}", "names=cat"], tmp_path)
+    res = run_convert(["format=voc", f"src={tmp_path}", f"out={tmp_path / 'out'}", "names=cat"], tmp_path, here=True)
     assert res.returncode == 2 and "names: a list of class names" in res.stderr and "Traceback" not in res.stderr
 
 
