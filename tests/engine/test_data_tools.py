@@ -95,7 +95,7 @@ def test_check_counts_problems_and_plots(tmp_path, shapes_root):
 def test_show_draws_augmented_ground_truth(tmp_path, shapes_root):
     run_dir = tmp_path / "run"
     res = data_cli(["show", "augment=true", "n=5", f"data.root={shapes_root}", "data.datamodule.prepare=null",
-                    f"hydra.run.dir={run_dir}"], tmp_path)
+                    f"hydra.run.dir={run_dir}"], tmp_path, here=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "5 train samples of data=shapes (after the training augmentation)" in res.stdout
     with Image.open(run_dir / "show.png") as im:  # 2 rows of 4 samples, each an image and its semantic map
@@ -145,7 +145,7 @@ def test_check_on_a_yolo_folder_converts_it_and_counts_its_labels(tmp_path):
     src = coco128_seg_like(tmp_path / "datasets", n=3)  # 1, 2 and 3 objects: person; person, bicycle; all three
     run_dir = tmp_path / "run"
     res = data_cli(["check", "data=yolo", f"data.root={src}", f"paths.data_dir={tmp_path / 'data'}",
-                    f"hydra.run.dir={run_dir}"], tmp_path)
+                    f"hydra.run.dir={run_dir}"], tmp_path, here=True)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((run_dir / "data_report.json").read_text())
     for split in ("train", "val"):  # coco128's val is its train folder

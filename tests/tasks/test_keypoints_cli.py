@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import BIN, run_cli
+from tests.conftest import BIN, run_cli, run_cli_here
 from tests.serve.conftest import started_server
 
 NAMES = ["centre", "left_top", "right_top"]  # a flip swaps the two corners (by their names)
@@ -117,7 +117,7 @@ def test_coco_keypoints_train_evaluate_with_pycocotools_parity_predict_and_expor
     assert head["keypoint_names"] == NAMES and head["skeleton"] == [[1, 2], [1, 3]] and head["sigmas"] == [0.1] * 3
     ckpt = run_dir / "checkpoints" / "last.ckpt"
 
-    res = run_cli("fourm21-eval", [f"ckpt_path={ckpt}", *data, *DATA, "trainer.precision=32-true",
+    res = run_cli_here("fourm21-eval", [f"ckpt_path={ckpt}", *data, *DATA, "trainer.precision=32-true",
                                    f"hydra.run.dir={tmp_path / 'eval'}"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     evaluated = json.loads((tmp_path / "eval" / "report.json").read_text())
@@ -128,20 +128,20 @@ def test_coco_keypoints_train_evaluate_with_pycocotools_parity_predict_and_expor
     assert evaluated["val/kpt/map"] == pytest.approx(expected, abs=1e-9)
     assert "kpt" in (tmp_path / "eval" / "report.md").read_text()
 
-    res = run_cli("fourm21-predict", [f"ckpt_path={ckpt}", f"source={root / 'val2017'}", "score_thr=0.001",
+    res = run_cli_here("fourm21-predict", [f"ckpt_path={ckpt}", f"source={root / 'val2017'}", "score_thr=0.001",
                                       "save_overlays=true", f"hydra.run.dir={tmp_path / 'pred'}"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     predicted = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert predicted["annotations"] and all(len(a["keypoints"]) == 9 for a in predicted["annotations"])
     assert list((tmp_path / "pred").rglob("*.png"))
 
-    res = run_cli("fourm21-export", [f"ckpt_path={ckpt}", "format=onnx", "end2end=true", "verify_batch=1",
+    res = run_cli_here("fourm21-export", [f"ckpt_path={ckpt}", "format=onnx", "end2end=true", "verify_batch=1",
                                      f"paths.run_dir={tmp_path / 'export'}"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     export_dir = next(p.parent for p in (tmp_path / "export").rglob("model.onnx"))
     import fourm21
 
-    res = run_cli("fourm21-export", [f"ckpt_path={ckpt}", "format=openvino", "verify_batch=1",
+    res = run_cli_here("fourm21-export", [f"ckpt_path={ckpt}", "format=openvino", "verify_batch=1",
                                      f"paths.run_dir={tmp_path / 'ov'}"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     ov_dir = next(p.parent for p in (tmp_path / "ov").rglob("model.xml"))

@@ -141,7 +141,8 @@ def test_the_cache_converts_again_when_data_yaml_pose_keys_change(tmp_path):
 
 
 def test_convert_command_on_pose_data(tmp_path):
-    res = run_convert(["format=yolo", f"src={pose_like(tmp_path)}", f"out={tmp_path / 'out'}"], tmp_path)
+    res = run_convert(["format=yolo", f"src={pose_like(tmp_path)}", f"out={tmp_path / 'out'}"], tmp_path,
+                      here=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "keypoints: objects with labelled keypoints: train 3, val 1" in res.stdout
     report = json.loads((tmp_path / "run" / "convert_report.json").read_text())
