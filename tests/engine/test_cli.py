@@ -61,7 +61,7 @@ def test_user_errors_print_one_line(tmp_path):
     res = _run("fourm21-eval", [f"ckpt_path={missing}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert res.returncode == 2
     assert "CheckpointError" in res.stderr and "missing.ckpt" in res.stderr and "Traceback" not in res.stderr
-    res = _run("fourm21-train", ["optim.lr=-1", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path)
+    res = run_cli_here("fourm21-train", ["optim.lr=-1", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path)
     assert res.returncode == 2 and "optim.lr" in res.stderr and "Traceback" not in res.stderr
 
 

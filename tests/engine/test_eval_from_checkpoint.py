@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from fourm21.engine.evaluate import use_checkpoint_data
 from fourm21.errors import ConfigError
 from fourm21.inference.checkpoints import DATA_CONFIG, load_checkpoint, read_checkpoint, stored_data_config
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, run_cli_here
 from tests.data.test_image_folder import tree
 
 NET = [a for a in TINY if not a.startswith("data.")]  # the shapes generator's keys left out
@@ -32,8 +32,9 @@ def folder_run(tmp_path_factory):
     return tmp, run_dir / "checkpoints" / "last.ckpt", json.loads((run_dir / "report.json").read_text())
 
 
-def _eval(tmp, ckpt, name: str, *args: str):
-    res = run_cli("fourm21-eval", [f"ckpt_path={ckpt}", *args, f"hydra.run.dir={tmp / name}"], tmp)
+def _eval(tmp, ckpt, name: str, *args: str, here: bool = False):
+    run = run_cli_here if here else run_cli  # here: in this process, for the runs that stop at an error
+    res = run("fourm21-eval", [f"ckpt_path={ckpt}", *args, f"hydra.run.dir={tmp / name}"], tmp)
     report = json.loads((tmp / name / "report.json").read_text()) if res.returncode == 0 else None
     return res, report
 
@@ -68,7 +69,7 @@ def test_a_data_override_on_the_command_line_is_honoured(folder_run):
 
 def test_picking_data_with_another_class_count_is_still_one_line(folder_run):
     tmp, ckpt, _ = folder_run
-    res, _ = _eval(tmp, ckpt, "shapes", "data=shapes")
+    res, _ = _eval(tmp, ckpt, "shapes", "data=shapes", here=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "CheckpointError" in res.stderr and "2 classes in its 'cls' head but data 'shapes' has 4" in res.stderr
 
