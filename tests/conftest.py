@@ -113,13 +113,27 @@ def run_cli_here(script: str, args: list[str], cwd: Path) -> subprocess.Complete
 def tiny_run(tmp_path_factory):
     """One short real training run through the CLI (2 epochs on tiny shapes, validated every epoch).
 
-    Returns (work dir, run dir); the run dir holds checkpoints/{best,last}.ckpt and the report."""
-    tmp = tmp_path_factory.mktemp("cli")
-    run_dir = tmp / "run"
-    res = run_cli("fourm21-train", [*TINY, f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={run_dir}",
-                                    "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "plots=true"], tmp)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return tmp, run_dir, res
+    Returns (work dir, run dir, finished process); the run dir holds checkpoints/{best,last}.ckpt and the
+    report. Under pytest-xdist the workers share one run (the first to get the lock trains, the others
+    read it), so the tests that use it read it and write elsewhere."""
+    import json
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+    tmp = shared / "tiny_run"
+    run_dir, done = tmp / "run", shared / "tiny_run.json"
+    with FileLock(str(shared / "tiny_run.lock")):
+        if not done.is_file():
+            tmp.mkdir(exist_ok=True)
+            res = run_cli("fourm21-train", [*TINY, f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={run_dir}",
+                                            "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
+                                            "plots=true"], tmp)
+            assert res.returncode == 0, res.stderr[-3000:]
+            done.write_text(json.dumps({"args": res.args, "stdout": res.stdout, "stderr": res.stderr}))
+        saved = json.loads(done.read_text())
+    return tmp, run_dir, subprocess.CompletedProcess(saved["args"], 0, saved["stdout"], saved["stderr"])
 
 
 def val_losses(run_dir: Path) -> list[float]:
