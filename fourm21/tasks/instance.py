@@ -87,7 +87,8 @@ class InstanceTask(Task):
         """Masks re-assembled from the prototype-resolution logits straight at the original size (one
         interpolation, not upsample-to-input then resize), inside the boxes already mapped back."""
         h, w = orig_size
-        vh, vw = round(h * scale), round(w * scale)  # the part of the input that is image, not padding
+        # the part of the input that is image, not padding (a side of >= 1 pixel, as the letterbox resizes it)
+        vh, vw = max(1, round(h * scale)), max(1, round(w * scale))
         if "mask_logits" in pred and "masks" in pred and "boxes" in out:
             in_h, in_w = pred["masks"].shape[-2:]  # the network input, which the prototypes span
             lh, lw = pred["mask_logits"].shape[-2:]

@@ -93,7 +93,7 @@ class SemanticTask(Task):
                     settings: Mapping[str, Any]) -> None:
         if "semantic" in pred:
             h, w = orig_size
-            vh, vw = round(h * scale), round(w * scale)
+            vh, vw = max(1, round(h * scale)), max(1, round(w * scale))  # >= 1: a 6000 x 1 image has a row
             sem = pred["semantic"][:vh, :vw]
             if (vh, vw) != (h, w):
                 sem = F.interpolate(sem[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()

@@ -63,6 +63,23 @@ def test_unletterbox_pastes_masks_at_the_original_size():
     assert torch.equal(out["masks"], reference)
 
 
+@pytest.mark.parametrize("orig", [(1, 6000), (6000, 1), (2, 600)])
+def test_unletterbox_of_an_extreme_aspect_ratio_keeps_a_pixel_of_image(orig):
+    """A 6000 x 1 image letterboxed into 64 x 64 is 0.01 px tall there: its image rows are still one row (the
+    letterbox resizes it to >= 1 px), not an empty slice that the resize back cannot take."""
+    h, w = orig
+    scale = 64 / max(h, w)
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 16, 16, generator=g) * 3
+    boxes_in = torch.tensor([[0.0, 0.0, 64.0, 64.0]] * 3)
+    pred = {"boxes": boxes_in, "mask_logits": logits, "masks": paste_masks(logits, boxes_in, (64, 64)),
+            "semantic": torch.randint(0, 4, (64, 64), generator=g)}
+    out = unletterbox(pred, orig, scale, DecodeSettings.from_config(model_config()))
+    assert out["masks"].shape == (3, h, w) and out["semantic"].shape == (h, w)
+    strip = pred["semantic"][0] if h < w else pred["semantic"][:, 0]  # the image's one row (column) of the input
+    assert torch.equal(out["semantic"].unique(), strip.unique())  # stretched back to 6000 px, every label kept
+
+
 def test_semantic_labels_stride_one_is_the_full_argmax_and_stride_s_repeats_cells():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 7, 10, 12, generator=g)
