@@ -44,6 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DESIGNED_5XX = (503, 504)
+KEEPALIVE_S = 2.0  # the clients' keep-alive expiry: under uvicorn's timeout_keep_alive (5 s)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -196,7 +197,9 @@ async def load_level(url: str, images: list[tuple[str, bytes]], clients: int, du
             elif r.status_code in (429, 503):
                 await asyncio.sleep(min(_retry_after(r), max(0.0, end - time.monotonic())))
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # an idle connection is dropped by the client before uvicorn's 5 s keep-alive timeout closes it from the
+    # server's side: else a client back from a Retry-After wait can race that close and lose its request
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=KEEPALIVE_S)
     start = time.monotonic()
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as http:
         await asyncio.gather(*(client(k, http) for k in range(clients)))
@@ -219,7 +222,8 @@ def memory_run(service: Service, images: list[tuple[str, bytes]], n: int, warmup
     """``n`` requests in a row on one connection; the RSS after the warm-up and every ``every`` requests."""
     statuses: Counter[str] = Counter()
     samples: list[float] = []
-    with httpx.Client(base_url=service.url, timeout=timeout_s) as http:
+    limits = httpx.Limits(keepalive_expiry=KEEPALIVE_S)
+    with httpx.Client(base_url=service.url, timeout=timeout_s, limits=limits) as http:
         for i in range(n):
             name, data = images[i % len(images)]
             try:
@@ -229,8 +233,12 @@ def memory_run(service: Service, images: list[tuple[str, bytes]], n: int, warmup
             if i + 1 == warmup or (i + 1 > warmup and (i + 1 - warmup) % every == 0) or i + 1 == n:
                 samples.append(service.rss_mb())
     growth = round(max(samples) - samples[0], 1) if samples else None
+    # a leak grows with the requests; an allocator's caches go up and down: the fitted slope tells them apart
+    slope = round(float(np.polyfit(np.arange(len(samples)) * every, samples, 1)[0]) * 1000, 2) \
+        if len(samples) >= 3 else None
     return {"memory": {"requests": n, "warmup": warmup, "every": every, "rss_mb": samples,
-                       "growth_mb_after_warmup": growth, "status": dict(sorted(statuses.items()))}}
+                       "growth_mb_after_warmup": growth, "slope_mb_per_1000_requests": slope,
+                       "status": dict(sorted(statuses.items()))}}
 
 
 def emit(record: dict) -> None:

@@ -59,7 +59,13 @@ def create_app(model: Fourm21Model, settings: ServeSettings, model_path: str = "
     batcher: MicroBatcher[np.ndarray, dict[str, torch.Tensor]] = MicroBatcher(
         run_batch, settings.max_batch_size, settings.batch_timeout_s, max_queue=settings.max_queue,
         queue_timeout_s=settings.queue_timeout_s, on_batch=metrics.on_batch)
-    metrics.queue_depth.set_function(lambda: batcher.depth)
+    decoding = 0  # requests admitted (upload read) whose image is being decoded: they count in the queue
+
+    def queued() -> int:
+        """Requests admitted and waiting for the model: being decoded, or in the batcher's queue."""
+        return decoding + batcher.depth
+
+    metrics.queue_depth.set_function(queued)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -109,7 +115,7 @@ def create_app(model: Fourm21Model, settings: ServeSettings, model_path: str = "
                            "queue_timeout_s": settings.queue_timeout_s,
                            "max_header_bytes": settings.max_header_bytes},
                 "batching": {"max_batch_size": settings.max_batch_size, "batch_timeout_s": settings.batch_timeout_s,
-                             "queue_depth": batcher.depth, **batcher.stats.as_dict()}}
+                             "queue_depth": queued(), **batcher.stats.as_dict()}}
 
     def overloaded(e: QueueFullError | QueueTimeoutError | BatcherStoppedError) -> RequestError:
         if isinstance(e, QueueFullError):
@@ -119,8 +125,15 @@ def create_app(model: Fourm21Model, settings: ServeSettings, model_path: str = "
         return RequestError(503, f"service unavailable: {e}", {"Retry-After": "1"})
 
     async def answer(upload: Upload, overlay: bool, masks: bool) -> dict:
+        nonlocal decoding
         start = time.perf_counter()
-        image = await asyncio.to_thread(decode_image, upload, settings.max_image_pixels)
+        if queued() >= settings.max_queue:  # refused before decoding: under a flood that is work thrown away
+            raise QueueFullError(queued(), settings.max_queue, batcher.retry_after_s(queued()))
+        decoding += 1
+        try:
+            image = await asyncio.to_thread(decode_image, upload, settings.max_image_pixels)
+        finally:
+            decoding -= 1
         done = await batcher.submit(image)
         pred = done.result
 
@@ -150,8 +163,6 @@ def create_app(model: Fourm21Model, settings: ServeSettings, model_path: str = "
         except asyncio.TimeoutError:
             raise RequestError(408, f"upload not received within request_timeout_s={timeout}") from None
         try:
-            if batcher.full:  # refuse before decoding: under a flood the decoding is work thrown away
-                raise QueueFullError(batcher.depth, settings.max_queue, batcher.retry_after_s())
             out = await asyncio.wait_for(answer(upload, overlay, settings.masks if masks is None else masks),
                                          max(deadline - loop.time(), 1e-3))
         except asyncio.TimeoutError:

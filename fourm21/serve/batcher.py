@@ -1,8 +1,9 @@
 """An asyncio micro-batcher: requests that arrive together share one forward pass.
 
 A request waits at most ``batch_timeout_s`` for others to join it; requests queued while the model
-runs form the next batch at once. Batches run one at a time in a worker thread, so the event loop
-keeps accepting uploads and the model is never entered by two threads together.
+runs form the next batch at once. Batches run one at a time in a thread of their own (not asyncio's shared
+pool, where they would queue behind the decoding of every upload under load), so the event loop keeps
+accepting uploads and the model is never entered by two threads together.
 
 The queue is bounded: with ``max_queue`` items waiting, ``submit`` refuses at once (``QueueFullError``, the
 service's 429) instead of letting the wait grow without bound, and an item still waiting after
@@ -19,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -106,6 +108,7 @@ class MicroBatcher(Generic[T, R]):
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Entry[T]] | None = None
         self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._waiting: set[_Entry[T]] = set()  # submitted, not yet running, not yet answered
         self._running: list[_Entry[T]] = []  # the batch in the model now
         self._batch_s = 0.0  # moving average of a batch's run time: the Retry-After estimate
@@ -119,14 +122,16 @@ class MicroBatcher(Generic[T, R]):
     def full(self) -> bool:
         return self.max_queue is not None and self.depth >= self.max_queue
 
-    def retry_after_s(self) -> int:
-        """Whole seconds until the items waiting now should have run (at least 1): the ``Retry-After``."""
-        batches = math.ceil(self.depth / self.max_batch_size) + 1
+    def retry_after_s(self, depth: int | None = None) -> int:
+        """Whole seconds until ``depth`` items (default: those waiting now) should have run, at least 1: the
+        ``Retry-After``, from the recent batch times."""
+        batches = math.ceil((self.depth if depth is None else depth) / self.max_batch_size) + 1
         return max(1, math.ceil(batches * self._batch_s))
 
     def start(self) -> None:
         """Start the batch loop on the running event loop (the app's startup)."""
         self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fourm21-batch")
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
@@ -139,6 +144,9 @@ class MicroBatcher(Generic[T, R]):
             self._forget(entry)
             _fail(entry.future, BatcherStoppedError("the service is shutting down"))
         self._running = []
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     async def submit(self, item: T) -> Batched[R]:
         if self._queue is None or self._task is None:
@@ -194,7 +202,7 @@ class MicroBatcher(Generic[T, R]):
                 continue
             start = time.perf_counter()
             try:
-                results = await asyncio.to_thread(self._run, [e.item for e in batch])
+                results = await self._in_thread([e.item for e in batch])
             except Exception as e:  # noqa: BLE001 - handed to the requests (or retried item by item)
                 if len(batch) == 1:
                     log.exception("prediction failed")
@@ -211,7 +219,7 @@ class MicroBatcher(Generic[T, R]):
     async def _run_alone(self, entry: _Entry[T]) -> None:
         start = time.perf_counter()
         try:
-            (res,) = await asyncio.to_thread(self._run, [entry.item])
+            (res,) = await self._in_thread([entry.item])
         except Exception as e:  # noqa: BLE001 - handed to the request that sent the item
             log.exception("prediction failed")
             _fail(entry.future, e)
@@ -224,6 +232,9 @@ class MicroBatcher(Generic[T, R]):
         self._batch_s = seconds if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * seconds
         if self.on_batch is not None:
             self.on_batch(size, seconds)
+
+    async def _in_thread(self, items: list[T]) -> list[R]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, items)
 
     def _run(self, items: list[T]) -> list[R]:
         results = list(self.run_batch(items))

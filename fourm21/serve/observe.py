@@ -51,8 +51,8 @@ class ServeMetrics:
                                  registry=r)
         self.in_flight = Gauge("fourm21_http_requests_in_flight", "Requests received and not yet answered",
                                registry=r)
-        self.queue_depth = Gauge("fourm21_queue_depth", "Images waiting for the model (queued or in a batch "
-                                 "still forming)", registry=r)
+        self.queue_depth = Gauge("fourm21_queue_depth", "Requests admitted and waiting for the model (being "
+                                 "decoded, queued, or in a batch still forming): what max_queue bounds", registry=r)
         self.batch_size = Histogram("fourm21_batch_size", "Images per forward pass", registry=r,
                                     buckets=_batch_buckets(max_batch_size))
         self.batch_seconds = Histogram("fourm21_batch_duration_seconds", "Time of one forward pass with its "
