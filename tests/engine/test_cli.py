@@ -30,7 +30,7 @@ def test_train_writes_the_run_directory(trained_run):
 def test_eval_reproduces_the_training_report(trained_run):
     tmp, run_dir, _ = trained_run
     out = tmp / "eval"
-    res = _run("fourm21-eval", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", *TINY[:3],
+    res = run_cli_here("fourm21-eval", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", *TINY[:3],
                                 "trainer.precision=32-true",  # as the run trained (auto may pick bf16 here)
                                 f"paths.data_dir={tmp / 'data'}", f"hydra.run.dir={out}"], tmp)
     assert res.returncode == 0, res.stderr[-3000:]

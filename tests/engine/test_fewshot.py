@@ -6,7 +6,7 @@ import torch
 
 from fourm21.engine.fewshot import run_episodes
 from fourm21.errors import ConfigError
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 from tests.data.test_cifar10 import make_cifar_tree
 
 
@@ -26,7 +26,7 @@ def test_fewshot_cli_on_held_out_classes(tiny_run, tmp_path):
     work, run_dir, _ = tiny_run
     root = make_cifar_tree(tmp_path / "cifar", per_class=4)
     out = tmp_path / "fs"
-    res = run_cli("fourm21-fewshot", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"data.root={root}",
+    res = run_cli_here("fourm21-fewshot", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"data.root={root}",
                                       "k_shots=[1,2]", "n_query=2", "episodes=30", f"hydra.run.dir={out}"], work)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
-from tests.conftest import run_cli, run_cli_here
+from tests.conftest import run_cli_here
 
 
 def test_predict_on_a_folder_writes_overlays_and_coco_json(tiny_run, tmp_path):
@@ -19,7 +19,7 @@ def test_predict_on_a_folder_writes_overlays_and_coco_json(tiny_run, tmp_path):
     (src / "notes.txt").write_text("not an image")  # ignored: not an image suffix
     (src / "broken.jpg").write_bytes(b"")  # unreadable: skipped and listed (on_bad_image=skip)
     out = tmp_path / "pred"
-    res = run_cli("fourm21-predict", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"source={src}",
+    res = run_cli_here("fourm21-predict", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"source={src}",
                                       "score_thr=0.0", "max_det=5", f"hydra.run.dir={out}"], work)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "3 images" in res.stdout and "1 unreadable images skipped" in res.stdout

@@ -17,7 +17,7 @@ import fourm21
 from fourm21.data.video import list_media
 from fourm21.engine.predict import check_config
 from fourm21.errors import ConfigError, DatasetError
-from tests.conftest import REPO, run_cli, run_cli_here
+from tests.conftest import REPO, run_cli_here
 
 NUM_FRAMES, FPS = 12, 10
 
@@ -49,7 +49,7 @@ def test_predict_on_a_folder_with_a_video_writes_mp4_and_json_lines(tiny_run, sh
     write_clip(src / "clip.mp4", shapes_root, size=(80, 64))
     Image.open(next((shapes_root / "images" / "val").glob("*.png"))).save(src / "still.png")
     out = tmp_path / "pred"
-    res = run_cli("fourm21-predict", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"source={src}",
+    res = run_cli_here("fourm21-predict", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"source={src}",
                                       "score_thr=0.0", "max_det=5", "batch_size=5", f"hydra.run.dir={out}"], work)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "1 images" in res.stdout and f"clip.mp4: {NUM_FRAMES} frames" in res.stdout

@@ -11,7 +11,7 @@ from fourm21.engine.predict import frame_record, run_predict, tracker_from_confi
 from fourm21.errors import ConfigError
 from fourm21.inference.decode import DecodeSettings
 from fourm21.inference.model import FramePrediction
-from tests.conftest import REPO, model_config, run_cli, run_cli_here
+from tests.conftest import REPO, model_config, run_cli_here
 from tests.engine.test_predict_video import count_frames
 from tests.inference.test_tracking import NUM_FRAMES, write_moving_shapes
 
@@ -28,7 +28,7 @@ def test_track_bytetrack_gives_every_detection_a_track_id(tiny_run, tmp_path):
     work, run_dir, _ = tiny_run
     clip = write_moving_shapes(tmp_path / "shapes.mp4")
     out = tmp_path / "tracked"
-    res = run_cli("fourm21-predict", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"source={clip}",
+    res = run_cli_here("fourm21-predict", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"source={clip}",
                                       "track=bytetrack", *LOW, "batch_size=4", f"hydra.run.dir={out}"], work)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = read_lines(out / "videos" / "shapes.jsonl")

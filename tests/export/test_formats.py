@@ -7,7 +7,7 @@ import torch
 
 import fourm21
 from fourm21.export.formats import canonical, same_detections
-from tests.conftest import run_cli, run_cli_here
+from tests.conftest import run_cli_here
 
 
 @pytest.mark.parametrize("fmt, artefact", [("safetensors", "export/model.safetensors"), ("onnx", "export/model.onnx"),
@@ -16,7 +16,7 @@ def test_export_round_trip(tiny_run, tmp_path, fmt, artefact):
     work, run_dir, _ = tiny_run
     val_images = work / "data/shapes/images/val"
     out = tmp_path / fmt
-    res = run_cli("fourm21-export", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"format={fmt}",
+    res = run_cli_here("fourm21-export", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", f"format={fmt}",
                                      f"verify_source={val_images}", "verify_batch=4", f"hydra.run.dir={out}"], work)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (out / artefact).is_file()
@@ -55,8 +55,8 @@ def test_onnx_end2end_has_nms_inside_and_matches_pytorch(tiny_run, tmp_path):
     work, run_dir, _ = tiny_run
     val_images = work / "data/shapes/images/val"
     out = tmp_path / "e2e"
-    res = run_cli("fourm21-export", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", "format=onnx", "end2end=true",
-                                     f"verify_source={val_images}", f"hydra.run.dir={out}"], work)
+    res = run_cli_here("fourm21-export", [f"ckpt_path={run_dir / 'checkpoints/best.ckpt'}", "format=onnx",
+                                          "end2end=true", f"verify_source={val_images}", f"hydra.run.dir={out}"], work)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "export_report.json").read_text())
     assert report["nms_in_graph"] is True and report["same_kept_boxes"] is True

@@ -22,7 +22,7 @@ from fourm21.training.ema import build_ema, ema_multi_avg_fn
 from fourm21.training.evaluation import load_module
 from fourm21.training.module import MultiTaskModule
 from fourm21.training.semi_supervised import SemiSupervisedModule
-from tests.conftest import TINY, model_config, run_cli
+from tests.conftest import TINY, model_config, run_cli, run_cli_here
 
 LOSS = {"weighting": "fixed", "weights": {"cls": 1.0, "det": 1.0, "inst": 1.0, "sem": 1.0}}
 EMA = {"enabled": True, "decay": 0.9, "ramp_steps": 0}
@@ -155,12 +155,12 @@ def test_export_writes_the_ema_weights(ema_run, tmp_path):
     best = _best(run_dir)
     state = _state(best)
     ema, raw = _part(state, "ema.module."), _part(state, "model.")
-    res = run_cli("fourm21-export", [f"ckpt_path={best}", "format=safetensors", f"hydra.run.dir={tmp_path / 's'}"],
+    res = run_cli_here("fourm21-export", [f"ckpt_path={best}", "format=safetensors", f"hydra.run.dir={tmp_path / 's'}"],
                   tmp)
     assert res.returncode == 0, res.stderr[-3000:]
     exported = load_file(str(tmp_path / "s" / "export" / "model.safetensors"))
     assert not _differs(exported, ema) and _differs(exported, raw)
-    res = run_cli("fourm21-export", [f"ckpt_path={best}", "format=onnx", "dynamo=false", "verify_batch=1",
+    res = run_cli_here("fourm21-export", [f"ckpt_path={best}", "format=onnx", "dynamo=false", "verify_batch=1",
                                      f"hydra.run.dir={tmp_path / 'o'}"], tmp)
     assert res.returncode == 0, res.stderr[-3000:]
     import onnxruntime as ort
@@ -200,7 +200,7 @@ def test_ema_off_is_todays_behaviour(tiny_run, tmp_path):
     assert module.inference_net is module.model
     metrics = _validate(module, run_dir)
     assert metrics["calls/model"] > 0
-    res = run_cli("fourm21-export", [f"ckpt_path={best}", "format=safetensors", f"hydra.run.dir={tmp_path / 's'}"],
+    res = run_cli_here("fourm21-export", [f"ckpt_path={best}", "format=safetensors", f"hydra.run.dir={tmp_path / 's'}"],
                   work)
     assert res.returncode == 0, res.stderr[-3000:]
     assert not _differs(load_file(str(tmp_path / "s" / "export" / "model.safetensors")), raw)
