@@ -133,7 +133,11 @@ def test_summary_ratios_are_the_medians_ratios():
     assert s["lite_end2end_meets_target"] == {"10": True, "100": False}
     assert s["lite_vs_yolov8n-seg_end2end"] == {"10": 0.475, "100": 0.6}
     assert "lite_end2end_meets_target" in s and "yolov8n-seg_end2end_meets_target" not in s
-    assert s["medians_ms"]["lite"] == {"forward": 30.0, "end2end_graph": {"10": 38.0, "100": 54.0}}
+    assert s["medians_ms"]["lite"] == {"forward": 30.0, "end2end_graph": {"10": 38.0, "100": 54.0},
+                                       "end2end": {"10": 35.0, "100": 36.0}}
+    # the default export's path (raw graph + decode in PyTorch) against the same peer figures
+    assert s["lite_vs_yolo26n-seg_end2end_raw_graph"] == {"10": 0.7, "100": 0.6}
+    assert s["lite_end2end_raw_graph_meets_target"] == {"10": True, "100": True}
     assert s["detections"]["yolo26n-seg"] == {"10": 10, "100": 100}
     assert bench_cpu.summaries([r for r in lines if r["model"] == "lite"], 320, args) == []  # no peer: no line
 
@@ -184,4 +188,6 @@ def test_onnx_runtime_int8_openvino_and_the_peers_graphs_on_the_same_backends(tm
             assert s[f"lite_vs_{peer}_end2end"] == {
                 "5": round(med["lite", "end2end_graph"] / med[peer, "end2end"], 3)}
         assert s["lite_end2end_meets_target"] == {"5": s["lite_vs_yolo26n-seg_end2end"]["5"] <= 0.8}
+        assert s["lite_vs_yolo26n-seg_end2end_raw_graph"] == {
+            "5": round(med["lite", "end2end"] / med["yolo26n-seg", "end2end"], 3)}
         assert s["detections"]["yolo26n-seg"] == {"5": 5}
