@@ -51,6 +51,17 @@ def test_batched_detections_equal_the_per_image_reference(pre_nms_topk):
         assert p["masks"].shape == (len(scores), 64, 64)
 
 
+def test_one_image_mask_logits_are_its_coefficients_times_its_prototypes():
+    torch.manual_seed(3)
+    net = build_model(model_config(**{"heads.det.score_thr": 0.05, "heads.det.max_det": 9})).eval()
+    with torch.no_grad():
+        raw = net(torch.randn(1, 3, 64, 64))  # batch 1: decoded by one product, no per-image loop
+    (p,) = decode(raw, (64, 64), DecodeSettings.from_net(net))
+    assert len(p["locations"]) > 2
+    want = torch.einsum("nk,khw->nhw", raw["inst"]["coefs"][0, p["locations"]], raw["inst"]["proto"][0])
+    torch.testing.assert_close(p["mask_logits"], want)
+
+
 def test_settings_from_the_config_equal_those_of_the_built_heads():
     cfg = model_config(**{"heads.det.score_thr": 0.21, "heads.sem.label_stride": 4})
     net = build_model(cfg)
