@@ -79,12 +79,21 @@ def run_cli_here(script: str, args: list[str], cwd: Path) -> subprocess.Complete
     import contextlib
     import io
     import logging
+    import logging.config
     import traceback
     import warnings
     from importlib.metadata import entry_points
+    from unittest import mock
 
     (entry,) = entry_points(group="console_scripts", name=script)
     main = entry.load()
+
+    def clear_handlers_without_closing() -> None:
+        """Hydra's logging set-up (``dictConfig``) closes every live handler of the process first; absl's
+        (imported with NNCF) closes its stream then, which here is pytest's captured stderr."""
+        logging._handlers.clear()
+        del logging._handlerList[:]
+
     out, err = io.StringIO(), io.StringIO()
     argv, here, root = sys.argv, Path.cwd(), logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -92,7 +101,8 @@ def run_cli_here(script: str, args: list[str], cwd: Path) -> subprocess.Complete
     try:
         sys.argv = [script, *args]
         os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings(), \
+                mock.patch.object(logging.config, "_clearExistingHandlers", clear_handlers_without_closing):
             warnings.simplefilter("ignore")  # as run_cli's PYTHONWARNINGS=ignore
             try:
                 main()
