@@ -9,6 +9,7 @@ from fourm21.inference.decode import DecodeSettings
 from fourm21.inference.letterbox import unletterbox
 from fourm21.losses.masks import box_crop_weights
 from fourm21.models.heads.semantic import SemanticHead
+from fourm21.tasks import masks
 from fourm21.tasks.masks import paste_masks
 from fourm21.tasks.semantic import semantic_labels
 from tests.conftest import model_config
@@ -20,9 +21,11 @@ def _random_boxes(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
     return torch.cat([centre - half, centre + half], 1)  # some reach past the image: clipped
 
 
+@pytest.mark.parametrize("whole", [True, False])  # every mask upsampled whole / each box's crop alone
 @pytest.mark.parametrize(("low", "size"), [((80, 80), (320, 320)), ((16, 16), (64, 64)), ((20, 12), (333, 90)),
                                            ((7, 9), (50, 51))])
-def test_paste_equals_full_upsampling_then_box_crop(low, size):
+def test_paste_equals_full_upsampling_then_box_crop(low, size, whole, monkeypatch):
+    monkeypatch.setattr(masks, "WHOLE_MASK_MACS", 10**12 if whole else 0)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(40, *low, generator=g) * 3
     boxes = _random_boxes(40, *size, g)
