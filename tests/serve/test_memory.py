@@ -15,8 +15,10 @@ from tests.serve.test_metrics import scrape, value
 
 WARMUP, REQUESTS, EVERY = 20, 200, 25
 SIDE = 256  # a leak of the decoded image (192 KB) per request: 38 MB over the run, far over the bound
-# measured on the 2-core AMD EPYC: 0.3-1.5 MB after the warm-up (the allocator's caches settle within it)
-MAX_GROWTH_MB = 8.0
+# measured on the 2-core AMD EPYC: 0.3-1.5 MB after the warm-up when this test runs first on its server, up to
+# 10 MB after the other serve tests' requests (the allocator's arenas still settling); a leak of the decoded
+# image stays well above the bound
+MAX_GROWTH_MB = 16.0
 
 
 def _gradient_png() -> bytes:
