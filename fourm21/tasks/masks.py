@@ -69,9 +69,8 @@ def paste_masks(mask_logits: torch.Tensor, boxes: torch.Tensor, size: tuple[int,
     """
     n, h_in, w_in = mask_logits.shape
     height, width = size
-    out = zeros_bool((n, height, width), mask_logits.device)
     if n == 0:
-        return out
+        return zeros_bool((0, height, width), mask_logits.device)
     sy, sx = scale if scale is not None else (h_in / height, w_in / width)
     wy, y_first, y_last = bilinear_matrix(height, h_in, sy, mask_logits.device)
     wx, x_first, x_last = bilinear_matrix(width, w_in, sx, mask_logits.device)
@@ -85,6 +84,7 @@ def paste_masks(mask_logits: torch.Tensor, boxes: torch.Tensor, size: tuple[int,
         inside = (((rows[None] >= r[:, 2:3]) & (rows[None] < r[:, 3:4]))[:, :, None]
                   & ((cols[None] >= r[:, 0:1]) & (cols[None] < r[:, 1:2]))[:, None, :])
         return ((wy @ logits @ wx.T) > thr) & inside
+    out = zeros_bool((n, height, width), mask_logits.device)
     for i, (xa, xb, ya, yb) in enumerate(ranges):
         if xa >= xb or ya >= yb:
             continue
