@@ -16,6 +16,7 @@ from fourm21.metrics.segmentation import SegmentationMetrics
 from fourm21.models.heads.semantic import SemanticHead
 from fourm21.tasks.base import Losses, Outputs, Pred, Task, pseudo_threshold
 from fourm21.tasks.detection import fill_object_classes
+from fourm21.tasks.masks import numpy_ok
 from fourm21.tasks.registry import register
 
 
@@ -31,7 +32,12 @@ def semantic_labels(logits: torch.Tensor, size: tuple[int, int], label_stride: i
     # channels-last: upsampling and the argmax over classes read contiguous memory (about 3x faster)
     up = F.interpolate(logits.float().contiguous(memory_format=torch.channels_last), size=grid, mode="bilinear",
                        align_corners=False)
-    labels = up.argmax(1)
+    if numpy_ok(up):  # NumPy's argmax over contiguous class rows: ~2x faster than torch's (same ties)
+        b, c, gh, gw = up.shape
+        rows = up.detach().permute(0, 2, 3, 1).reshape(-1, c).numpy()
+        labels = torch.from_numpy(rows.argmax(1)).view(b, gh, gw)
+    else:
+        labels = up.argmax(1)
     if label_stride > 1:
         labels = labels.repeat_interleave(label_stride, 1).repeat_interleave(label_stride, 2)[:, :h, :w]
     return labels

@@ -9,7 +9,7 @@ from fourm21.inference.decode import DecodeSettings
 from fourm21.inference.letterbox import unletterbox
 from fourm21.losses.masks import box_crop_weights
 from fourm21.models.heads.semantic import SemanticHead
-from fourm21.tasks import masks
+from fourm21.tasks import masks, semantic
 from fourm21.tasks.masks import paste_masks
 from fourm21.tasks.semantic import semantic_labels
 from tests.conftest import model_config
@@ -21,11 +21,13 @@ def _random_boxes(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
     return torch.cat([centre - half, centre + half], 1)  # some reach past the image: clipped
 
 
-@pytest.mark.parametrize("whole", [True, False])  # every mask upsampled whole / each box's crop alone
+@pytest.mark.parametrize("path", ["whole", "numpy", "torch"])  # every mask upsampled whole / each box's crop
 @pytest.mark.parametrize(("low", "size"), [((80, 80), (320, 320)), ((16, 16), (64, 64)), ((20, 12), (333, 90)),
                                            ((7, 9), (50, 51))])
-def test_paste_equals_full_upsampling_then_box_crop(low, size, whole, monkeypatch):
-    monkeypatch.setattr(masks, "WHOLE_MASK_MACS", 10**12 if whole else 0)
+def test_paste_equals_full_upsampling_then_box_crop(low, size, path, monkeypatch):
+    monkeypatch.setattr(masks, "WHOLE_MASK_MACS", 10**12 if path == "whole" else 0)
+    if path == "torch":  # the loop other devices run, here on the CPU
+        monkeypatch.setattr(masks, "paste_crops_numpy", masks.paste_crops_torch)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(40, *low, generator=g) * 3
     boxes = _random_boxes(40, *size, g)
@@ -102,3 +104,23 @@ def test_semantic_head_settings_are_checked(kwargs):
     """A config mistake is a ConfigError naming the key, which the CLIs print in one line."""
     with pytest.raises(ConfigError, match=f"model.heads.sem.{next(iter(kwargs))}"):
         SemanticHead(8, num_classes=3, strides=[8], **kwargs)
+
+
+def test_semantic_labels_numpy_argmax_equals_torch_with_ties(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (2, 6, 9, 7), generator=g).float()  # integer logits: many tied classes
+    got = semantic_labels(logits, (36, 28), 4)
+    monkeypatch.setattr(semantic, "numpy_ok", lambda t: False)
+    assert torch.equal(got, semantic_labels(logits, (36, 28), 4))
+    assert got.dtype == torch.long
+
+
+def test_paste_after_inference_mode_still_works_with_autograd():
+    """The cached interpolation matrices are built outside inference mode: reusable where gradients flow."""
+    logits = torch.randn(3, 16, 16)
+    boxes = torch.tensor([[0.0, 0.0, 30.0, 30.0], [10.0, 5.0, 60.0, 40.0], [2.0, 2.0, 8.0, 9.0]])
+    masks._cached_bilinear_matrix.cache_clear()
+    with torch.inference_mode():
+        first = paste_masks(logits, boxes, (61, 67))  # whole-mask path: the matrices meet the logits in autograd
+    again = paste_masks(logits.clone().requires_grad_(), boxes, (61, 67))
+    assert torch.equal(first, again)

@@ -18,13 +18,13 @@ class AttributeHead(Head):
     source = "backbone"
 
     def __init__(self, in_channels: list[int], groups: dict[str, int], hidden: int = 256, dropout: float = 0.0,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, norm: str = "group") -> None:
         super().__init__()
         if not groups:
             raise ConfigError("model.heads.attr.groups: the attribute head needs at least one group")
         self.groups = {str(g): int(n) for g, n in groups.items()}
         self.label_smoothing = label_smoothing
-        self.pool = MultiScalePool(in_channels, hidden)
+        self.pool = MultiScalePool(in_channels, hidden, norm=norm)
         self.drop = nn.Dropout(dropout)
         self.fc = nn.ModuleDict({g: nn.Linear(self.pool.out_channels, n) for g, n in self.groups.items()})
 

@@ -14,12 +14,12 @@ class ClassificationHead(Head):
     fusion_context = True  # the fusion reads its class probabilities
 
     def __init__(self, in_channels: list[int], num_classes: int, hidden: int = 256, levels: list[int] | None = None,
-                 dropout: float = 0.0, label_smoothing: float = 0.0, topk: int = 5) -> None:
+                 dropout: float = 0.0, label_smoothing: float = 0.0, topk: int = 5, norm: str = "group") -> None:
         super().__init__()
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.topk = topk
-        self.pool = MultiScalePool(in_channels, hidden, levels)
+        self.pool = MultiScalePool(in_channels, hidden, levels, norm)
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(self.pool.out_channels, num_classes)
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fourm21.models.heads.base import Head
-from fourm21.models.neck import conv_norm_act
+from fourm21.models.neck import SharedTower
 
 
 def make_points(shapes: list[tuple[int, int]], strides: list[int], device: torch.device,
@@ -32,7 +32,7 @@ class DetectionHead(Head):
                  prior_prob: float = 0.01, range_mult: float = 4.0, center_radius: float = 1.5,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, score_thr: float = 0.05,
                  iou_thr: float = 0.6, max_det: int = 100, pre_nms_topk: int = 1000, separable: bool = False,
-                 pred_kernel: int = 3) -> None:
+                 pred_kernel: int = 3, norm: str = "group") -> None:
         super().__init__()
         self.num_classes = num_classes
         self.strides = list(strides)
@@ -41,8 +41,8 @@ class DetectionHead(Head):
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.score_thr, self.iou_thr, self.max_det, self.pre_nms_topk = score_thr, iou_thr, max_det, pre_nms_topk
         c = in_channels
-        self.cls_tower = nn.Sequential(*[conv_norm_act(c, c, separable=separable) for _ in range(num_convs)])
-        self.reg_tower = nn.Sequential(*[conv_norm_act(c, c, separable=separable) for _ in range(num_convs)])
+        self.cls_tower = SharedTower(c, num_convs, len(self.strides), separable, norm)
+        self.reg_tower = SharedTower(c, num_convs, len(self.strides), separable, norm)
         k = pred_kernel
         self.cls_pred = nn.Conv2d(c, num_classes, k, padding=k // 2)
         self.box_pred = nn.Conv2d(c, 4, k, padding=k // 2)
@@ -55,7 +55,7 @@ class DetectionHead(Head):
         points (L, 2), point_strides (L,)."""
         cls, box, ctr = [], [], []
         for i, (f, s) in enumerate(zip(feats, self.strides)):
-            ct, rt = self.cls_tower(f), self.reg_tower(f)
+            ct, rt = self.cls_tower(f, i), self.reg_tower(f, i)
             cls.append(self.cls_pred(ct).flatten(2).transpose(1, 2))
             box.append((F.softplus(self.box_pred(rt) * self.scales[i]) * s).flatten(2).transpose(1, 2))
             ctr.append(self.ctr_pred(rt).flatten(1))

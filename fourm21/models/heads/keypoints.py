@@ -9,7 +9,7 @@ from torch import nn
 
 from fourm21.models.heads.base import Head
 from fourm21.models.heads.detection import make_points
-from fourm21.models.neck import conv_norm_act
+from fourm21.models.neck import SharedTower
 
 
 class KeypointHead(Head):
@@ -25,7 +25,7 @@ class KeypointHead(Head):
     def __init__(self, in_channels: int, strides: list[int], num_keypoints: int, sigmas: list[float] | None = None,
                  keypoint_names: list[str] | None = None, skeleton: list[list[int]] | None = None, num_convs: int = 2,
                  kpt_thr: float = 0.5, l1_weight: float = 1.0, vis_weight: float = 1.0,
-                 default_sigma: float = 0.1) -> None:
+                 default_sigma: float = 0.1, norm: str = "group") -> None:
         super().__init__()
         self.strides = list(strides)
         self.num_keypoints = int(num_keypoints)
@@ -37,7 +37,7 @@ class KeypointHead(Head):
         self.kpt_thr, self.l1_weight, self.vis_weight = float(kpt_thr), float(l1_weight), float(vis_weight)
         self.default_sigma = float(default_sigma)
         c = in_channels
-        self.tower = nn.Sequential(*[conv_norm_act(c, c) for _ in range(num_convs)])
+        self.tower = SharedTower(c, num_convs, len(self.strides), norm=norm)
         self.pred = nn.Conv2d(c, 3 * self.num_keypoints, 3, padding=1)
         nn.init.normal_(self.pred.weight, std=0.01)  # start at the location's centre, half visible
         nn.init.zeros_(self.pred.bias)
@@ -46,8 +46,8 @@ class KeypointHead(Head):
         """feats at ``strides`` -> kpt_xy (B, L, K, 2) in input pixels, kpt_logits (B, L, K) visibility."""
         k = self.num_keypoints
         outs = []
-        for f in feats:
-            p = self.pred(self.tower(f))
+        for i, f in enumerate(feats):
+            p = self.pred(self.tower(f, i))
             outs.append(p.flatten(2).transpose(1, 2))  # (B, HW, 3K)
         raw = torch.cat(outs, 1).float()  # pixel coordinates: bf16 would round them to 2-4 px at a few hundred
         b, n = raw.shape[:2]

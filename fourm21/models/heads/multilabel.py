@@ -23,7 +23,8 @@ class MultiLabelHead(Head):
     uses_text = True  # forward(feats, text=caption tokens)
 
     def __init__(self, in_channels: list[int], num_classes: int, hidden: int = 256, dropout: float = 0.1,
-                 threshold: float = 0.5, tune: str = "per_class", text: dict | None = None) -> None:
+                 threshold: float = 0.5, tune: str = "per_class", text: dict | None = None,
+                 norm: str = "group") -> None:
         super().__init__()
         if tune not in ("per_class", "global", "none"):
             raise ConfigError(f"model.heads.mlc.tune must be per_class, global or none, got {tune}")
@@ -34,7 +35,7 @@ class MultiLabelHead(Head):
             raise ConfigError(f"model.heads.mlc.text.{missing[0]} is missing from the config "
                               f"(fourm21/configs/model/multitask.yaml sets it)")
         self.num_classes = num_classes
-        self.pool = MultiScalePool(in_channels, hidden)
+        self.pool = MultiScalePool(in_channels, hidden, norm=norm)
         self.text_enabled = bool(text["enabled"])
         self.fusion = text["fusion"]
         if self.fusion not in ("concat", "attention"):

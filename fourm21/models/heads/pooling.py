@@ -16,11 +16,12 @@ class MultiScalePool(nn.Module):
     nearly linear) does not give in its pooled top map alone.
     """
 
-    def __init__(self, in_channels: list[int], hidden: int = 256, levels: list[int] | None = None) -> None:
+    def __init__(self, in_channels: list[int], hidden: int = 256, levels: list[int] | None = None,
+                 norm: str = "group") -> None:
         super().__init__()
         self.levels = list(levels) if levels is not None else list(range(len(in_channels)))
         width = max(hidden // len(self.levels), 8)
-        self.pre = nn.ModuleList(conv_norm_act(in_channels[i], width, k=1) for i in self.levels)
+        self.pre = nn.ModuleList(conv_norm_act(in_channels[i], width, k=1, norm=norm) for i in self.levels)
         self.out_channels = width * len(self.levels)
         self.norm = nn.LayerNorm(self.out_channels)
 

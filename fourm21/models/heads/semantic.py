@@ -24,7 +24,8 @@ class SemanticHead(Head):
 
     def __init__(self, in_channels: int, num_classes: int, strides: list[int], channels: int = 64,
                  dice_weight: float = 0.5, label_stride: int = 1, loss_stride: int = 1,
-                 label_reduction: str = "majority", dice_classes: str = "present", separable: bool = False) -> None:
+                 label_reduction: str = "majority", dice_classes: str = "present", separable: bool = False,
+                 norm: str = "group") -> None:
         super().__init__()
         if label_stride < 1:
             raise ConfigError(f"model.heads.sem.label_stride must be >= 1, got {label_stride}")
@@ -40,8 +41,9 @@ class SemanticHead(Head):
         self.label_stride = label_stride
         self.num_classes = num_classes + 1
         self.dice_weight = dice_weight
-        self.lateral = nn.ModuleList(conv_norm_act(in_channels, channels, separable=separable) for _ in strides)
-        self.fuse = conv_norm_act(channels, channels, separable=separable)
+        self.lateral = nn.ModuleList(conv_norm_act(in_channels, channels, separable=separable, norm=norm)
+                                     for _ in strides)
+        self.fuse = conv_norm_act(channels, channels, separable=separable, norm=norm)
         self.pred = nn.Conv2d(channels, self.num_classes, 1)
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
