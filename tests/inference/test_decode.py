@@ -29,17 +29,19 @@ def _per_image_reference(raw: dict, size: tuple[int, int], s: DecodeSettings) ->
     return out
 
 
+@pytest.mark.parametrize("batch", [4, 1])  # one image: max_det by a slice, the kept rows a slice (no copies)
 @pytest.mark.parametrize("pre_nms_topk", [1000, 30])  # all locations / far fewer than them: two-stage top-k
-def test_batched_detections_equal_the_per_image_reference(pre_nms_topk):
+def test_batched_detections_equal_the_per_image_reference(pre_nms_topk, batch):
     torch.manual_seed(1)
     net = build_model(model_config(**{"heads.det.score_thr": 0.06, "heads.det.max_det": 7,
                                       "heads.det.pre_nms_topk": pre_nms_topk})).eval()
     s = DecodeSettings.from_net(net)
     with torch.no_grad():
-        raw = net(torch.randn(4, 3, 64, 64))
+        raw = net(torch.randn(batch, 3, 64, 64))
     preds = decode(raw, (64, 64), s)
     ref = _per_image_reference(raw["det"], (64, 64), s)
-    assert sum(len(p["scores"]) for p in preds) > 4  # something to compare
+    assert sum(len(p["scores"]) for p in preds) >= min(batch, 4) * 2  # something to compare
+    assert all(len(p["scores"]) == 7 for p in preds)  # max_det cut some: that path is compared too
     for i, (p, (boxes, scores, labels, locs)) in enumerate(zip(preds, ref)):
         torch.testing.assert_close(p["scores"], scores)
         torch.testing.assert_close(p["boxes"], boxes)
@@ -81,3 +83,18 @@ def test_higher_thresholds_apply_to_an_already_decoded_batch():
         keep = a["scores"] > 0.4
         torch.testing.assert_close(b["scores"], a["scores"][keep][:2])
         assert len(b["scores"]) <= 2
+
+
+def test_an_image_keeping_every_detection_shares_the_mask_logits_and_a_stricter_one_copies():
+    torch.manual_seed(4)
+    net = build_model(model_config(**{"heads.det.score_thr": 0.05, "heads.det.max_det": 9})).eval()
+    s = DecodeSettings.from_net(net)
+    with torch.no_grad():
+        flat = decode_batch(net(torch.randn(1, 3, 64, 64)), (64, 64), s)
+    (every,) = split_images(flat, 1, (64, 64), s)
+    assert every["mask_logits"].data_ptr() == flat["det_mask_logits"].data_ptr()  # a view: nothing was dropped
+    strict = s.with_overrides(score_thr=float(every["scores"][3]))  # drops the 4th and later
+    (fewer,) = split_images(flat, 1, (64, 64), strict)
+    assert len(fewer["scores"]) == 3 and fewer["mask_logits"].data_ptr() != flat["det_mask_logits"].data_ptr()
+    torch.testing.assert_close(fewer["mask_logits"], every["mask_logits"][:3])
+    assert torch.equal(fewer["masks"], every["masks"][:3]) and torch.equal(fewer["boxes"], every["boxes"][:3])
