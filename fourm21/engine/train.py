@@ -114,6 +114,23 @@ def switch_off_unlabelled_heads(cfg: DictConfig, explicit: set[str]) -> None:
             print(f"fourm21: head '{name}' switched off: {why}", flush=True)
 
 
+def report_validates(cfg: DictConfig, callbacks: list) -> bool:
+    """Whether fit's only validation, after its last epoch, would repeat the report's evaluation: the run
+    validates once at the end (``trainer.check_val_every_n_epoch`` = ``max_epochs``, the default), evaluates
+    right after (``evaluate=true``) on the same split, and nothing but ``ModelCheckpoint`` reads val metrics. Then
+    fit skips it (3-4 s of the default run) and ``best.ckpt``, the one candidate, is the final weights. Not when
+    a head tunes on validation what the checkpoint keeps (``Task.tunes_on_validation``)."""
+    t = cfg.trainer
+    max_epochs = t.get("max_epochs")
+    return bool(cfg.get("evaluate", True) and not t.get("fast_dev_run") and isinstance(max_epochs, int)
+                and max_epochs > 0 and t.get("check_val_every_n_epoch") == max_epochs
+                and t.get("max_steps") in (None, -1) and t.get("val_check_interval") in (None, 1.0)
+                and t.get("limit_val_batches") in (None, 1.0)
+                and not any(getattr(c, "monitor", None) for c in callbacks if not isinstance(c, ModelCheckpoint))
+                and not any(task.tunes_on_validation(cfg.model.heads[name])
+                            for name, task in tasks_of_config(cfg.model).items()))
+
+
 def run_train(cfg: DictConfig) -> dict[str, float]:
     """Train, evaluate, report. Returns the report's metrics."""
     run_dir = run_dir_of(cfg)
@@ -134,11 +151,19 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
         save_config(cfg, run_dir)  # with what the data filled in (class counts, attribute groups)
     module = module_class(cfg.get("semi")).from_config(cfg)
     callbacks = build_callbacks(cfg, run_dir)
+    skip_val = report_validates(cfg, callbacks)
+    extra_kwargs = {"check_val_every_n_epoch": int(cfg.trainer.max_epochs) + 1} if skip_val else {}
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg, run_dir) or False,
-                          default_root_dir=str(run_dir))
+                          default_root_dir=str(run_dir), **extra_kwargs)
     t0 = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    train_s = time.time() - t0
+    ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    if skip_val and ckpt is not None and best is None and ckpt.dirpath and not trainer.interrupted:
+        # no validation ran in fit: the final weights are best.ckpt, evaluated below as they always were
+        best = str(Path(ckpt.dirpath) / f"{ckpt.filename or 'best'}{ckpt.FILE_EXTENSION}")
+        trainer.save_checkpoint(best)
+    train_s = time.time() - t0  # the checkpoints written, as before
     extra = {"time/train_s": train_s}
     guard = next((c for c in callbacks if isinstance(c, NonFiniteGuard)), None)
     if guard is not None:
@@ -146,8 +171,6 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     train_loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
     if train_loss is not None:
         extra["train/loss"] = float(train_loss)
-    ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-    best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
     if cfg.get("evaluate", True) and not cfg.trainer.get("fast_dev_run"):
         metrics = evaluate_module(trainer, module, datamodule, run_dir, ckpt_path=best or None, extra=extra,
                                   plots=cfg.get("plots", True), title="fourm21 training report",

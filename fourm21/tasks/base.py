@@ -103,6 +103,11 @@ class Task:
         every network that is scored or kept (a tuned threshold goes into all of them)."""
         return None
 
+    def tunes_on_validation(self, head_cfg: Mapping[str, Any]) -> bool:
+        """Whether fit's validation tunes something the checkpoint keeps (the multi-label thresholds): then a
+        run validates in fit even when the report's evaluation follows on the same split."""
+        return False
+
     def coco_params(self, settings: Mapping[str, Any], dataset: Any) -> dict[str, Any] | None:
         """COCOeval ``params`` attributes this task sets (keypoint sigmas ...) for a task with a
         ``coco_iou_type``; None when ``dataset`` cannot score it (its ground truth lacks the task's labels)."""
