@@ -233,13 +233,19 @@ def ort_session(path: Path, threads: int, spinning: bool = False):
 
 
 def quantize(src: Path, dst: Path) -> Path:
+    """ONNX Runtime's dynamic int8 quantisation of ``src``, after its pre-processing pass (constant folding: a
+    convolution shared by levels with a BatchNorm each gets its folded weights as computed tensors, which the
+    quantiser needs as initializers)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    logging.disable(logging.WARNING)  # it advises a pre-processing pass and lists tensors it leaves in fp32
+    logging.disable(logging.WARNING)  # it lists tensors it leaves in fp32
+    prepared = dst.with_name(f"{dst.stem}_prepared.onnx")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)  # an end-to-end graph defeats it
+            quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8)
     finally:
         logging.disable(logging.NOTSET)
     return dst

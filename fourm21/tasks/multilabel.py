@@ -93,7 +93,7 @@ class MultiLabelTask(Task):
         stats[f"pseudo/{name}_frac"] = batch["has_labels"].float().mean().item()
 
     def tunes_on_validation(self, head_cfg: Mapping[str, Any]) -> bool:
-        return head_cfg.get("tune", "per_class") != "none"
+        return head_cfg["tune"] != "none"
 
     def metrics(self, name: str, heads: list[Any], dataset: Any, tune: bool) -> MultiLabelTaskMetrics | None:
         if not heads[0].num_classes:
