@@ -4,7 +4,6 @@ the JSON and COCO results."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +15,7 @@ from fourm21.errors import ConfigError, check_number
 from fourm21.losses.detection import decode_ltrb, fcos_assign, fcos_loss, level_ranges
 from fourm21.models.heads.detection import DetectionHead, make_points
 from fourm21.tasks.base import Losses, Outputs, Pred, Task, pseudo_threshold
-from fourm21.tasks.masks import tracing
+from fourm21.tasks.masks import cached_outside_trace, tracing
 from fourm21.tasks.registry import register
 
 
@@ -35,22 +34,14 @@ def detection_points(raw: Mapping[str, torch.Tensor], image_size: tuple[int, int
     input size)."""
     if "points" in raw:
         return raw["points"]
-    if tracing():
-        return grid_points(tuple(image_size), tuple(strides), raw["cls_logits"].device)
-    return cached_grid_points(tuple(image_size), tuple(strides), raw["cls_logits"].device)
+    return grid_points(tuple(image_size), tuple(strides), raw["cls_logits"].device)
 
 
+@cached_outside_trace
 def grid_points(image_size: tuple[int, int], strides: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """``make_points`` of an input size."""
     shapes = [(-(-image_size[0] // s), -(-image_size[1] // s)) for s in strides]
     return make_points(shapes, list(strides), device)[0]
-
-
-@functools.lru_cache(maxsize=16)
-def cached_grid_points(image_size: tuple[int, int], strides: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """``grid_points`` cached (read only), built outside inference mode so that autograd may use it too."""
-    with torch.inference_mode(False):
-        return grid_points(image_size, strides, device)
 
 
 def decode_detections(raw: Mapping[str, torch.Tensor], image_size: tuple[int, int], s: Mapping[str, Any]

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+T = TypeVar("T")
 
 
 def tracing() -> bool:
@@ -26,24 +30,25 @@ def numpy_ok(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not tracing()
 
 
+def cached_outside_trace(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` of hashable arguments, cached (its results read only: the same sizes come back every image) and
+    built outside inference mode so that autograd may use them too; inside a trace computed afresh."""
+    @functools.lru_cache(maxsize=64)
+    def cached(*args: Any) -> T:
+        with torch.inference_mode(False):
+            return fn(*args)
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> T:
+        return fn(*args) if tracing() else cached(*args)
+
+    call.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return call
+
+
+@cached_outside_trace
 def bilinear_matrix(out_len: int, in_len: int, scale: float,
                     device: torch.device) -> tuple[torch.Tensor, list[int], list[int]]:
-    """``_bilinear_matrix``, cached outside a trace."""
-    return _bilinear_matrix(out_len, in_len, scale, device) if tracing() else \
-        _cached_bilinear_matrix(out_len, in_len, scale, device)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_bilinear_matrix(out_len: int, in_len: int, scale: float,
-                    device: torch.device) -> tuple[torch.Tensor, list[int], list[int]]:
-    """``_bilinear_matrix`` cached (the same sizes come back every image; read only), built outside inference
-    mode so that autograd may use it too."""
-    with torch.inference_mode(False):
-        return _bilinear_matrix(out_len, in_len, scale, device)
-
-
-def _bilinear_matrix(out_len: int, in_len: int, scale: float,
-                     device: torch.device) -> tuple[torch.Tensor, list[int], list[int]]:
     """(out_len, in_len) matrix whose row i holds output pixel i's two bilinear weights, as
     ``F.interpolate(mode="bilinear", align_corners=False)`` takes them (``scale`` = source pixels per
     output pixel), plus each output pixel's first and last source index."""
@@ -118,14 +123,20 @@ def paste_masks(mask_logits: torch.Tensor, boxes: torch.Tensor, size: tuple[int,
     return out
 
 
+def box_windows(ranges: list[list[int]], first_last: tuple[list[int], ...]
+                ) -> Iterator[tuple[int, tuple[int, int, int, int], tuple[int, int, int, int]]]:
+    """Per non-empty box ``i``: its output pixels (rows ya:yb, columns xa:xb) and the source pixels they read
+    (rows ra:rb, columns ca:cb)."""
+    y_first, y_last, x_first, x_last = first_last
+    for i, (xa, xb, ya, yb) in enumerate(ranges):
+        if xa < xb and ya < yb:
+            yield i, (ya, yb, xa, xb), (y_first[ya], y_last[yb - 1] + 1, x_first[xa], x_last[xb - 1] + 1)
+
+
 def paste_crops_torch(out: torch.Tensor, logits: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor, thr: float,
                       ranges: list[list[int]], first_last: tuple[list[int], ...]) -> None:
     """Fill ``out[i]`` inside box ``i``'s pixel range: two products over the source pixels it touches."""
-    y_first, y_last, x_first, x_last = first_last
-    for i, (xa, xb, ya, yb) in enumerate(ranges):
-        if xa >= xb or ya >= yb:
-            continue
-        ra, rb, ca, cb = y_first[ya], y_last[yb - 1] + 1, x_first[xa], x_last[xb - 1] + 1
+    for i, (ya, yb, xa, xb), (ra, rb, ca, cb) in box_windows(ranges, first_last):
         crop = wy[ya:yb, ra:rb] @ logits[i, ra:rb, ca:cb] @ wx[xa:xb, ca:cb].T
         torch.gt(crop, thr, out=out[i, ya:yb, xa:xb])
 
@@ -134,11 +145,7 @@ def paste_crops_numpy(out: torch.Tensor, logits: torch.Tensor, wy: torch.Tensor,
                       ranges: list[list[int]], first_last: tuple[list[int], ...]) -> None:
     """``paste_crops_torch`` in NumPy on CPU tensors (shared memory, the same masks): a box's step costs ~5 us
     there against ~20 us of PyTorch's per-operation overhead (100 masks at 320 px: 2.5 -> 0.6 ms)."""
-    y_first, y_last, x_first, x_last = first_last
     wy_n, logits_n, wxt_n, out_n = wy.numpy(), logits.detach().numpy(), wx.numpy().T, out.numpy()
-    for i, (xa, xb, ya, yb) in enumerate(ranges):
-        if xa >= xb or ya >= yb:
-            continue
-        ra, rb, ca, cb = y_first[ya], y_last[yb - 1] + 1, x_first[xa], x_last[xb - 1] + 1
+    for i, (ya, yb, xa, xb), (ra, rb, ca, cb) in box_windows(ranges, first_last):
         np.greater(wy_n[ya:yb, ra:rb] @ logits_n[i, ra:rb, ca:cb] @ wxt_n[ca:cb, xa:xb], thr,
                    out=out_n[i, ya:yb, xa:xb])

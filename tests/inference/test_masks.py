@@ -119,7 +119,7 @@ def test_paste_after_inference_mode_still_works_with_autograd():
     """The cached interpolation matrices are built outside inference mode: reusable where gradients flow."""
     logits = torch.randn(3, 16, 16)
     boxes = torch.tensor([[0.0, 0.0, 30.0, 30.0], [10.0, 5.0, 60.0, 40.0], [2.0, 2.0, 8.0, 9.0]])
-    masks._cached_bilinear_matrix.cache_clear()
+    masks.bilinear_matrix.cache_clear()
     with torch.inference_mode():
         first = paste_masks(logits, boxes, (61, 67))  # whole-mask path: the matrices meet the logits in autograd
     again = paste_masks(logits.clone().requires_grad_(), boxes, (61, 67))
